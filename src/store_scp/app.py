@@ -1,0 +1,113 @@
+"""Wire the configured adapters together and run the receiver until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from .config import Settings
+from .storage.base import ObjectStore
+from .tracking.base import Tracker
+
+log = logging.getLogger("store_scp.app")
+
+
+def tracker_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "tracker.sqlite3"
+
+
+def make_store(settings: Settings) -> ObjectStore:
+    if settings.object_store == "s3":
+        from .storage.s3 import S3ObjectStore
+
+        assert settings.s3_bucket is not None
+        return S3ObjectStore(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            staging_dir=Path(settings.data_dir) / "staging",
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            kms_key_id=settings.s3_kms_key_id,
+        )
+    from .storage.local import LocalObjectStore
+
+    return LocalObjectStore(Path(settings.data_dir), fsync=settings.fsync)
+
+
+def make_tracker(settings: Settings) -> Tracker:
+    from .tracking.sqlite import SqliteTracker
+
+    return SqliteTracker(tracker_path(settings))
+
+
+def install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(
+    settings: Settings,
+    *,
+    process_count: int = 1,
+    run_reconciler: bool = True,
+    run_probe: bool = True,
+    ready_file: Path | None = None,
+) -> None:
+    """Run one receiver process until SIGTERM/SIGINT, then shut down gracefully."""
+    from .server.listener import Server
+
+    loop = asyncio.get_running_loop()
+    store = make_store(settings)
+    tracker = make_tracker(settings)
+    ssl_context = None
+    if settings.tls_enabled:
+        from .server.tls import server_context
+
+        assert settings.tls_cert is not None and settings.tls_key is not None
+        ssl_context = server_context(
+            settings.tls_cert, settings.tls_key, ca=settings.tls_ca, profile=settings.tls_profile
+        )
+    server = Server(settings, store, tracker, ssl_context=ssl_context, process_count=process_count)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    reconciling: asyncio.Future[int] | None = None
+    if run_reconciler:
+        from .tracking.reconcile import reconcile
+
+        # Objects committed by a process that died before its tracker write get their row.
+        reconciling = loop.run_in_executor(None, reconcile, store, tracker)
+    await server.start()
+
+    runner = None
+    if run_probe and settings.http_enabled:
+        from .web.probe import make_probe_app, start_probe_server
+
+        runner, http_port = await start_probe_server(
+            make_probe_app(lambda: not stop.is_set()),
+            settings.http_bind,
+            settings.http_port,
+            reuse_port=process_count > 1,
+        )
+        server.ports["http"] = http_port
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(str(server.ports))
+        os.replace(tmp, ready_file)
+    log.info("ready", extra={"ports": server.ports, "pid": os.getpid()})
+
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
+    await server.shutdown(settings.shutdown_grace)
+    if reconciling is not None:
+        await reconciling
+    if runner is not None:
+        await runner.cleanup()
+    tracker.close()

@@ -1,0 +1,243 @@
+"""One C-STORE's dataset on its way from the wire to a durable object.
+
+The dataset's PDV fragments are written to a staging file as they arrive (memory stays bounded
+whatever the object size), hashed as they stream, and scanned for the header elements we
+validate and route on. Only `finish()` decides the outcome; the caller then commits the
+staging file in a worker thread and answers success only after the commit returned.
+
+The one place that maps failures to DIMSE statuses is here: `StoreFailure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dicom import dimse, uids
+from ..dicom.header import HeaderError, HeaderInfo, HeaderScanner, file_meta
+
+#: UIDs become path components of object keys: digits and dots only, no "..", at most 64.
+_KEY_SAFE_UID = re.compile(r"[0-9](?:[0-9]|\.(?!\.)){0,63}")
+
+
+def key_safe(uid: str) -> bool:
+    return bool(_KEY_SAFE_UID.fullmatch(uid)) and not uid.endswith(".")
+
+
+#: (SOP Instance UID, object size) -> the batch id the object is committed under.
+BatchLookup = Callable[[str, int], str]
+
+
+class StoreFailure(Exception):
+    """A C-STORE that must not be answered with success: the status and an Error Comment
+    that never holds patient data."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+@dataclass(slots=True)
+class StoredInstance:
+    """What finish() hands to the commit step."""
+
+    staging: Path
+    key: str
+    batch_id: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    size: int  # Part 10 file size
+    dataset_size: int
+    sha256: str
+    header: HeaderInfo
+    stripped_meta: int  # bytes of group 0002 elements removed from the start of the dataset
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class StoreOperation:
+    """Receives one dataset. Never raises from feed(); finish() raises StoreFailure."""
+
+    def __init__(
+        self,
+        *,
+        staging_dir: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_ae: str,
+        max_object_size: int,
+        refuse: StoreFailure | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.max_object_size = max_object_size
+        self.received = 0
+        self.failure = refuse
+        self._fd = -1
+        self.staging: Path | None = None
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes | memoryview] = []  # bytes held until group 0002 is known
+        self._meta_len = 0
+        self._written = 0
+        ts = uids.TRANSFER_SYNTAXES.get(transfer_syntax_uid)
+        if ts is None and self.failure is None:
+            self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "transfer syntax not supported")
+        self._scanner = HeaderScanner(ts.explicit_vr, ts.little_endian, ts.deflated) if ts else None
+        self._deflated = bool(ts and ts.deflated)
+        if self.failure is not None:
+            return
+        if not key_safe(sop_instance_uid):
+            self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "invalid SOP Instance UID")
+            return
+        try:
+            fd, name = tempfile.mkstemp(dir=staging_dir, suffix=".part")
+            self._fd, self.staging = fd, Path(name)
+            meta = file_meta(
+                sop_class_uid,
+                sop_instance_uid,
+                transfer_syntax_uid,
+                uids.IMPLEMENTATION_CLASS_UID,
+                uids.IMPLEMENTATION_VERSION_NAME,
+                calling_ae,
+            )
+            _write_all(fd, meta)
+            self._meta_len = len(meta)
+        except OSError as exc:
+            self._fail_io(exc)
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def _fail_io(self, exc: OSError) -> None:
+        name = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+        self.failure = StoreFailure(dimse.OUT_OF_RESOURCES, f"cannot write staging file: {name}")
+        self.discard()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self.received += len(data)
+        if self.failure is not None:
+            return  # the rest of the stream is read and dropped
+        if self.received > self.max_object_size:
+            self.failure = StoreFailure(
+                dimse.OUT_OF_RESOURCES, f"object larger than {self.max_object_size} bytes"
+            )
+            self.discard()
+            return
+        scanner = self._scanner
+        assert scanner is not None
+        try:
+            if not scanner.done:
+                scanner.feed(data)
+        except HeaderError as exc:
+            self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, f"data set header: {exc}")
+            self.discard()
+            return
+        if self._pending or not scanner.file_meta_known:
+            self._pending.append(data)
+            if scanner.file_meta_known:
+                self._flush_pending(scanner.info.file_meta_prefix)
+            return
+        self._write(data)
+
+    def _flush_pending(self, skip: int) -> None:
+        if skip and self._deflated:
+            # Group 0002 inside a deflated stream cannot be cut out without re-encoding.
+            self.failure = StoreFailure(
+                dimse.CANNOT_UNDERSTAND_FILE_META_IN_DATASET,
+                "data set carries File Meta (0002) elements",
+            )
+            self.discard()
+            return
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            self._write(memoryview(chunk)[skip:] if skip else chunk)
+            skip = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self._fail_io(exc)
+            return
+        self._hash.update(data)
+        self._written += len(data)
+
+    def finish(self, batch_for: BatchLookup) -> StoredInstance:
+        """The last fragment has arrived: validate and name the object."""
+        scanner = self._scanner
+        if self.failure is None and scanner is not None:
+            info = scanner.finish()
+            if self._pending:
+                self._flush_pending(info.file_meta_prefix)
+        if self.failure is not None:
+            raise self.failure
+        assert scanner is not None and self.staging is not None
+        info = scanner.info
+        if info.sop_class_uid != self.sop_class_uid:
+            self._refuse(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs")
+        if info.sop_instance_uid != self.sop_instance_uid:
+            self._refuse(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs")
+        try:
+            os.close(self._fd)
+        except OSError as exc:
+            self._fail_io(exc)
+            raise self.failure from None  # type: ignore[misc]
+        self._fd = -1
+        study = info.study_instance_uid if key_safe(info.study_instance_uid) else "_"
+        series = info.series_instance_uid if key_safe(info.series_instance_uid) else "_"
+        size = self._meta_len + self._written
+        batch_id = batch_for(self.sop_instance_uid, size)
+        return StoredInstance(
+            staging=self.staging,
+            key=f"{batch_id}/{study}/{series}/{self.sop_instance_uid}.dcm",
+            batch_id=batch_id,
+            sop_class_uid=self.sop_class_uid,
+            sop_instance_uid=self.sop_instance_uid,
+            study_instance_uid=info.study_instance_uid,
+            series_instance_uid=info.series_instance_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            size=size,
+            dataset_size=self._written,
+            sha256=self._hash.hexdigest(),
+            header=info,
+            stripped_meta=info.file_meta_prefix,
+        )
+
+    def _refuse(self, status: int, comment: str) -> None:
+        self.failure = StoreFailure(status, comment)
+        self.discard()
+        raise self.failure
+
+    def discard(self) -> None:
+        """Drop the staging file; nothing of this object is ever visible. Idempotent."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if self.staging is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.staging)
+            self.staging = None

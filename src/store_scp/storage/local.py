@@ -1,0 +1,346 @@
+"""ObjectStore adapter for a folder on the local disk (the embedded default).
+
+Layout under `root`::
+
+    objects/<key>          committed objects, one file per key
+    objects/.staging/      staging files (`*.part`), on the same file system as the objects
+
+A commit is made durable the way a careful database does it: fsync the staging file, create any
+missing folders of the key (fsyncing the parent of each new folder), rename the file into place,
+then fsync the destination folder. Only then does `commit` return, so a C-STORE success answered
+after it refers to an object that survives a crash or a power loss.
+
+Keys are relative POSIX paths (`batch/study/series/instance.dcm`). Path components that start
+with a dot and names ending in `.part` are reserved for the store's own staging and temporary
+files: such keys are refused, and `list_keys` never yields such entries.
+
+Committing a key that already exists replaces the object atomically: readers see the old or the
+new bytes, never a mix. The store does not make keys unique; callers do (the receiver puts every
+receipt under its own batch prefix and key).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from store_scp.storage.base import CommittedObject, StorageError
+
+__all__ = [
+    "STAGING_SUFFIX",
+    "LocalObjectStore",
+    "remove_stale_staging_files",
+    "validate_key",
+    "validate_prefix",
+]
+
+log = logging.getLogger(__name__)
+
+#: Suffix of staging files: `tempfile.mkstemp(dir=store.staging_dir, suffix=STAGING_SUFFIX)`.
+STAGING_SUFFIX = ".part"
+
+_STAGING_DIRNAME = ".staging"
+
+#: Bound on the cache of folders known to exist durably; past it the cache starts over (a folder
+#: then costs one more fsync of its parent, nothing else).
+_MAX_KNOWN_DIRS = 100_000
+
+_DIR_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a valid object key, else raise ValueError.
+
+    A key is a relative POSIX path: no leading `/`, no empty, `.` or `..` component, no backslash
+    or NUL, no component starting with `.` and no final `.part` suffix (both reserved).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("object key must be a non-empty string")
+    if key[0] == "/":
+        raise ValueError(f"object key must be relative: {key!r}")
+    if "\\" in key or "\x00" in key:
+        raise ValueError(f"object key contains a backslash or NUL: {key!r}")
+    for part in key.split("/"):
+        if not part:
+            raise ValueError(f"object key has an empty component: {key!r}")
+        if part[0] == ".":
+            raise ValueError(f"object key component starts with '.' (reserved): {key!r}")
+    if key.endswith(STAGING_SUFFIX):
+        raise ValueError(f"object key ends with {STAGING_SUFFIX!r} (reserved): {key!r}")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it is '' or the start of a valid key (a trailing '/' is allowed)."""
+    if prefix == "":
+        return prefix
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    if not body:
+        raise ValueError(f"invalid prefix: {prefix!r}")
+    if body.endswith(STAGING_SUFFIX):
+        # A partial name may legitimately end this way only as a prefix of a longer name.
+        validate_key(body + "_")
+    else:
+        validate_key(body)
+    return prefix
+
+
+def _errno_name(exc: OSError) -> str:
+    if exc.errno is None:
+        return type(exc).__name__
+    name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+    return f"{name} ({os.strerror(exc.errno)})"
+
+
+def _process_start_time() -> float:
+    """Wall-clock start time of this process (Linux /proc), or now if it cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    boot = int(line.split()[1])
+                    break
+            else:
+                return time.time()
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+def remove_stale_staging_files(staging_dir: Path, *, older_than: float | None = None) -> int:
+    """Delete `*.part` files in `staging_dir` last modified before `older_than` (a timestamp).
+
+    By default: before this process started, so only leftovers of an earlier (crashed) process
+    are removed, never a file this process is writing. Returns how many were removed and logs
+    the count (never the names).
+    """
+    cutoff = _process_start_time() if older_than is None else older_than
+    removed = 0
+    try:
+        entries = list(os.scandir(staging_dir))
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise StorageError(f"cannot list staging folder for cleanup: {_errno_name(exc)}") from exc
+    for entry in entries:
+        if not entry.name.endswith(STAGING_SUFFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("could not remove a leftover staging file: %s", _errno_name(exc))
+    if removed:
+        log.warning("removed %d leftover staging file(s) from an earlier run", removed)
+    else:
+        log.debug("no leftover staging files")
+    return removed
+
+
+class LocalObjectStore:
+    """Objects in `root/objects/<key>`; staging files in `root/objects/.staging/`.
+
+    `fsync=False` skips every fsync: commits are then NOT durable (a power loss can lose or
+    truncate acknowledged objects). It exists for benchmarks only; never use it in production.
+
+    Thread-safe: `commit` may run concurrently from several worker threads.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.objects_dir = self.root / "objects"
+        self.staging_dir = self.objects_dir / _STAGING_DIRNAME
+        self.fsync = fsync
+        self._objects = str(self.objects_dir)
+        # Folders that exist and whose entry in their parent has been made durable.
+        self._known_dirs: set[str] = set()
+        try:
+            self._ensure_dir_chain(str(self.staging_dir))
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the object folders under the store root: {_errno_name(exc)}"
+            ) from exc
+        remove_stale_staging_files(self.staging_dir)
+
+    def __repr__(self) -> str:
+        return f"LocalObjectStore(root={str(self.root)!r}, fsync={self.fsync})"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _fsync_dir(self, path: str) -> None:
+        fd = os.open(path, _DIR_OPEN_FLAGS)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _ensure_dir_chain(self, path: str) -> None:
+        """Make `path` and its missing ancestors exist durably (raises OSError)."""
+        known = self._known_dirs
+        inside = self._objects + os.sep
+        chain: list[str] = []
+        d = path
+        while d not in known:
+            if d != self._objects and not d.startswith(inside) and os.path.isdir(d):
+                break  # an existing folder above the objects tree: not ours to make durable
+            chain.append(d)
+            parent = os.path.dirname(d)
+            if parent == d:  # reached '/'
+                break
+            d = parent
+        # Create top-down: the parent exists before its child.
+        for d in reversed(chain):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise
+            # Also for a folder that already existed but is not yet known: its entry may not be
+            # durable yet (another thread may have just created it, or a crash interrupted).
+            if self.fsync:
+                parent = os.path.dirname(d)
+                if parent != d:
+                    self._fsync_dir(parent)
+            if len(known) >= _MAX_KNOWN_DIRS:
+                known.clear()
+                known.add(self._objects)
+            known.add(d)
+
+    def _forget_dirs(self, folder: str) -> None:
+        """Drop `folder` and its ancestors below the objects folder from the cache."""
+        d = folder
+        while d != self._objects and d.startswith(self._objects):
+            self._known_dirs.discard(d)
+            d = os.path.dirname(d)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self._objects, validate_key(key))
+
+    # -- the ObjectStore port ----------------------------------------------------------------
+
+    def commit(self, staging: Path, key: str) -> CommittedObject:
+        """Move `staging` to `key` durably. On StorageError the staging file stays in place."""
+        dest = self._path(key)
+        folder = os.path.dirname(dest)
+        src = os.fspath(staging)
+        step = "fsync of the staging file"
+        try:
+            if self.fsync:
+                fd = os.open(src, _FILE_OPEN_FLAGS)
+                try:
+                    os.fsync(fd)
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+            else:
+                step = "stat of the staging file"
+                size = os.stat(src).st_size
+            step = "creation of the key's folders"
+            if folder not in self._known_dirs:
+                self._ensure_dir_chain(folder)
+            step = "rename into place"
+            try:
+                os.rename(src, dest)
+            except FileNotFoundError:
+                if not os.path.exists(src):
+                    raise
+                # Cached folders were removed behind our back: forget them, create them again.
+                self._forget_dirs(folder)
+                step = "re-creation of the key's folders"
+                self._ensure_dir_chain(folder)
+                step = "rename into place"
+                os.rename(src, dest)
+        except OSError as exc:
+            raise StorageError(f"commit of {key}: {step} failed: {_errno_name(exc)}") from exc
+        if self.fsync:
+            try:
+                self._fsync_dir(folder)
+            except OSError as exc:
+                # Visible but not durable: take it back so that nothing unacknowledged is seen.
+                try:
+                    os.rename(dest, src)
+                except OSError:
+                    log.error("commit of %s: could not withdraw a non-durable object", key)
+                raise StorageError(
+                    f"commit of {key}: fsync of the destination folder failed: {_errno_name(exc)}"
+                ) from exc
+        return CommittedObject(key=key, size=size)
+
+    def discard(self, staging: Path) -> None:
+        try:
+            os.unlink(staging)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("could not discard a staging file: %s", exc)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Every committed key starting with `prefix` (a string prefix, as in S3), unordered."""
+        validate_prefix(prefix)
+        base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self._objects, base_rel) if base_rel else self._objects
+        stack = [(start, base_rel + "/" if base_rel else "")]
+        while stack:
+            folder, rel = stack.pop()
+            try:
+                it = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise StorageError(f"listing of {prefix!r} failed: {_errno_name(exc)}") from exc
+            with it:
+                for entry in it:
+                    name = entry.name
+                    if name[0] == "." or name.endswith(STAGING_SUFFIX):
+                        continue
+                    key = rel + name
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if is_dir:
+                        sub = key + "/"
+                        if sub.startswith(prefix) or prefix.startswith(sub):
+                            stack.append((entry.path, sub))
+                    elif key.startswith(prefix):
+                        yield key
+
+    def open(self, key: str) -> BinaryIO:
+        """Read a committed object. A missing key raises FileNotFoundError."""
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"open of {key} failed: {_errno_name(exc)}") from exc
+
+    def delete(self, key: str) -> None:
+        """Remove an object; a missing key is fine. Not fsynced: a crash may bring it back."""
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"delete of {key} failed: {_errno_name(exc)}") from exc
+
+    def uri(self, prefix: str) -> str:
+        """`file://` URI of the folder of `prefix`, ending with '/'."""
+        rel = validate_prefix(prefix).rstrip("/")
+        folder = self.objects_dir / rel if rel else self.objects_dir
+        return folder.as_uri().rstrip("/") + "/"
