@@ -159,12 +159,31 @@ def test_transfer_syntax_preference_order_is_stated(doc: str) -> None:
     rules = [line.strip() for line in section.splitlines() if re.match(r"\s*\d+\.\s", line)]
     assert rules == [
         "1. a lossless compressed syntax (in the order the requestor offered them);",
-        "2. any other encapsulated (lossy or possibly lossy) syntax, in offered order;",
-        "3. Explicit VR Little Endian;",
-        "4. Implicit VR Little Endian;",
+        "2. Explicit VR Little Endian;",
+        "3. Implicit VR Little Endian;",
+        "4. any other encapsulated (lossy or possibly lossy) syntax, in offered order;",
         "5. Explicit VR Big Endian (retired) or Deflated Explicit VR Little Endian, "
         "only when nothing else is offered.",
     ]
+
+
+def test_documented_preference_order_is_the_codes() -> None:
+    from store_scp.dicom.negotiation import choose_transfer_syntax
+
+    jpeg_baseline, jpeg_ls_lossless = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.80"
+    big_endian, explicit, implicit = (
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2",
+    )
+    offered = [big_endian, jpeg_baseline, implicit, explicit, jpeg_ls_lossless]
+    picked = []
+    while offered:
+        choice = choose_transfer_syntax(offered)
+        assert choice is not None
+        picked.append(choice)
+        offered.remove(choice)
+    assert picked == [jpeg_ls_lossless, explicit, implicit, jpeg_baseline, big_endian]
 
 
 def test_every_uid_in_the_document_is_well_formed(doc: str) -> None:
