@@ -20,6 +20,7 @@ from ..dicom.negotiation import Policy
 from ..pipeline.batching import BatchAllocator
 from ..storage.base import ObjectStore
 from ..tracking.base import Receipt, Tracker
+from ..tracking.writer import ReceiptWriter
 from .session import Session
 
 if TYPE_CHECKING:
@@ -58,7 +59,10 @@ class Server:
         self.max_associations = max(1, math.ceil(settings.max_associations / process_count))
         self.max_per_ae = settings.max_associations_per_ae
         self.batches = BatchAllocator()
+        # A commit that fsyncs or uploads blocks: it runs in the pool. A plain rename does not.
+        self.commit_in_thread = getattr(store, "fsync", True) or settings.object_store != "local"
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-io")
+        self.receipts = ReceiptWriter(tracker)
         self.sessions: set[Session] = set()
         self.active = 0
         self.per_ae: dict[str, int] = {}
@@ -124,14 +128,7 @@ class Server:
     def record_receipt(self, receipt: Receipt) -> None:
         """After the response: the committed object is the record, so a failure here is logged
         and repaired by the start-up reconciler, never turned into a failed C-STORE."""
-
-        def write() -> None:
-            try:
-                self.tracker.record_receipt(receipt)
-            except Exception:
-                log.exception("tracker write failed", extra={"key": receipt.key})
-
-        self.executor.submit(write)
+        self.receipts.submit(receipt)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -179,4 +176,5 @@ class Server:
         for server in self._servers:
             await server.wait_closed()
         self.executor.shutdown(wait=True)
+        self.receipts.close()
         log.info("stopped")

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import socket
 import time
 import uuid
@@ -88,6 +89,12 @@ class Session(asyncio.Protocol):
             return
         if self.sock is not None:
             self.server.tune_socket(self.sock)
+            # uvloop hands out a pseudo-socket whose every call costs an extra syscall; a
+            # duplicate of the descriptor is a real socket for the per-read TCP_QUICKACK.
+            try:
+                self.sock = socket.socket(fileno=os.dup(self.sock.fileno()))
+            except OSError:
+                self.sock = None
         self.server.sessions.add(self)
         self.assoc.connection_made()
         self._sync_artim()
@@ -131,6 +138,9 @@ class Session(asyncio.Protocol):
                         self._on_aborted(event)
         self._drop_op()
         self.server.sessions.discard(self)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
         if self.counted:
             self.server.release_slot(self.calling_ae)
             self.counted = False
@@ -405,6 +415,10 @@ class Session(asyncio.Protocol):
             op.discard()
             self._answer_store(ctx_id, command, failure, op=op)
             return
+        if not self.server.commit_in_thread:
+            # A commit without fsync is a rename: cheaper inline than a thread hop.
+            self._commit_done(ctx_id, command, op, stored, self._commit_sync(stored))
+            return
         # Durable commit in a worker thread; reading pauses so the peer cannot run ahead.
         self._busy = True
         if self.transport is not None:
@@ -412,34 +426,49 @@ class Session(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(self._commit(ctx_id, command, op, stored))
         self.server.track_task(task)
 
-    async def _commit(
-        self, ctx_id: int, command: dimse.Command, op: StoreOperation, stored: StoredInstance
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        executor, store = self.server.executor, self.server.store
+    def _commit_sync(self, stored: StoredInstance) -> StoreFailure | None:
+        """Commit (in whatever thread calls it); the one place commit errors become statuses."""
+        store = self.server.store
         t0 = time.monotonic()
-        failure: StoreFailure | None = None
         try:
-            await loop.run_in_executor(executor, store.commit, stored.staging, stored.key)
+            store.commit(stored.staging, stored.key)
+            return None
         except StorageError as exc:
             log.error(
                 "storage failure",
                 extra={"assoc_id": self.assoc_id, "key": stored.key, "why": str(exc)},
             )
-            failure = StoreFailure(dimse.OUT_OF_RESOURCES, "storage failure")
-            await loop.run_in_executor(executor, store.discard, stored.staging)
+            store.discard(stored.staging)
+            return StoreFailure(dimse.OUT_OF_RESOURCES, "storage failure")
         except Exception:  # never answer success for an object we could not commit
             log.exception("unexpected failure during commit", extra={"assoc_id": self.assoc_id})
-            failure = StoreFailure(dimse.OUT_OF_RESOURCES, "internal error while storing")
-            await loop.run_in_executor(executor, store.discard, stored.staging)
-        metrics.STORE_LATENCY.observe(time.monotonic() - t0)
-        self._answer_store(ctx_id, command, failure, op=op, stored=stored)
-        if failure is None:
-            self.server.record_receipt(self._receipt(stored))
+            store.discard(stored.staging)
+            return StoreFailure(dimse.OUT_OF_RESOURCES, "internal error while storing")
+        finally:
+            metrics.STORE_LATENCY.observe(time.monotonic() - t0)
+
+    async def _commit(
+        self, ctx_id: int, command: dimse.Command, op: StoreOperation, stored: StoredInstance
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        failure = await loop.run_in_executor(self.server.executor, self._commit_sync, stored)
+        self._commit_done(ctx_id, command, op, stored, failure)
         self._busy = False
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
         self._drain()
+
+    def _commit_done(
+        self,
+        ctx_id: int,
+        command: dimse.Command,
+        op: StoreOperation,
+        stored: StoredInstance,
+        failure: StoreFailure | None,
+    ) -> None:
+        self._answer_store(ctx_id, command, failure, op=op, stored=stored)
+        if failure is None:
+            self.server.record_receipt(self._receipt(stored))
 
     def _receipt(self, stored: StoredInstance) -> Receipt:
         return Receipt(

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
-import tempfile
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,17 @@ from pathlib import Path
 
 from ..dicom import dimse, uids
 from ..dicom.header import HeaderError, HeaderInfo, HeaderScanner, file_meta
+
+_STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_staging_counter = itertools.count()
+_staging_token = secrets.token_hex(4)
+
+
+def _staging_name() -> str:
+    """Unique per process and run without a random draw per object (cheaper than mkstemp).
+    The pid is read each time: forked receivers share the token and the counter."""
+    return f"{os.getpid():x}-{_staging_token}-{next(_staging_counter)}.part"
+
 
 #: UIDs become path components of object keys: digits and dots only, no "..", at most 64.
 _KEY_SAFE_UID = re.compile(r"[0-9](?:[0-9]|\.(?!\.)){0,63}")
@@ -109,8 +121,9 @@ class StoreOperation:
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "invalid SOP Instance UID")
             return
         try:
-            fd, name = tempfile.mkstemp(dir=staging_dir, suffix=".part")
-            self._fd, self.staging = fd, Path(name)
+            self.staging = staging_dir / _staging_name()
+            fd = os.open(self.staging, _STAGING_FLAGS, 0o600)
+            self._fd = fd
             meta = file_meta(
                 sop_class_uid,
                 sop_instance_uid,

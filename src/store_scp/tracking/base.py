@@ -6,7 +6,7 @@ SOP Instance UID twice makes two receipts; none is overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -40,6 +40,11 @@ class Tracker(Protocol):
 
     def record_receipt(self, receipt: Receipt) -> bool:
         """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
+        ...
+
+    def record_receipts(self, receipts: Sequence[Receipt]) -> int:
+        """record_receipt for many at once (one transaction where the store has them);
+        returns how many keys were new."""
         ...
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:

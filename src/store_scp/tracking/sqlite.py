@@ -46,7 +46,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
 from itertools import islice
 from pathlib import Path
@@ -151,6 +151,26 @@ class SqliteTracker:
                 _INSERT_RECEIPT, (*values, State.RECEIVED.value, time.time())
             )
             return cursor.rowcount == 1
+
+    def record_receipts(self, receipts: Sequence[Receipt]) -> int:
+        """Insert many RECEIVED rows in one transaction; returns how many were new."""
+        now = time.time()
+        rows = [
+            (*(getattr(r, column) for column in _RECEIPT_COLUMNS), State.RECEIVED.value, now)
+            for r in receipts
+        ]
+        with self._lock:
+            conn = self._connection()
+            before = conn.total_changes
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_INSERT_RECEIPT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return conn.total_changes - before
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
         """The subset of `keys` that already has a row."""
