@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from pathlib import Path
+from typing import Any
 
 from .config import Settings
 from .storage.base import ObjectStore
@@ -51,6 +53,26 @@ def install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A failed or timed-out TLS handshake is the peer's problem: one warning line, no
+    traceback. Everything else goes to the default handler."""
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionResetError | TimeoutError) and (
+        "handshake" in str(context.get("message", "")).lower() or isinstance(exc, ssl.SSLError)
+    ):
+        from . import metrics
+
+        metrics.TLS_HANDSHAKES.labels(result="failed").inc()
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log.warning(
+            "TLS handshake failed",
+            extra={"peer": f"{peer[0]}:{peer[1]}" if peer else "?", "why": str(exc)[:200]},
+        )
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -74,6 +96,7 @@ async def serve(
             settings.tls_cert, settings.tls_key, ca=settings.tls_ca, profile=settings.tls_profile
         )
     server = Server(settings, store, tracker, ssl_context=ssl_context, process_count=process_count)
+    loop.set_exception_handler(_quiet_tls_errors)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

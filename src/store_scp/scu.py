@@ -863,13 +863,14 @@ def read_part10(path: str | os.PathLike[str]) -> Part10Info:
     The UIDs come from the file meta (read with pydicom); when the file meta lacks the SOP
     class or instance, the dataset's own (0008,0016)/(0008,0018) are used. A file without a
     Transfer Syntax UID is refused: its encoding would be a guess. Raises `NotPart10Error`
-    (no preamble + 'DICM'), `InvalidPart10Error`, or `OSError`.
+    (no preamble + 'DICM'), `InvalidPart10Error` or `OSError`; their messages do not repeat
+    the path.
     """
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         head = fp.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
-            raise NotPart10Error(f"{path}: not a DICOM Part 10 file")
+            raise NotPart10Error("not a DICOM Part 10 file (no preamble and DICM prefix)")
         offset = _file_meta_end(fp, size)
     try:
         meta = read_file_meta_info(path)
@@ -877,22 +878,22 @@ def read_part10(path: str | os.PathLike[str]) -> Part10Info:
         sop_class = _uid_value(meta.get("MediaStorageSOPClassUID"))
         sop_instance = _uid_value(meta.get("MediaStorageSOPInstanceUID"))
     except Exception as exc:  # pydicom raises many types on damaged data
-        raise InvalidPart10Error(f"{path}: unreadable file meta: {exc}") from exc
+        raise InvalidPart10Error(f"unreadable file meta: {exc}") from exc
     if not transfer_syntax:
-        raise InvalidPart10Error(f"{path}: the file meta has no Transfer Syntax UID")
+        raise InvalidPart10Error("the file meta has no Transfer Syntax UID")
     if offset >= size:
-        raise InvalidPart10Error(f"{path}: no dataset after the file meta")
+        raise InvalidPart10Error("no data set after the file meta")
     if not sop_class or not sop_instance:
         try:
             ds = pydicom.dcmread(
                 path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
             )
         except Exception as exc:  # pydicom raises many types on damaged data
-            raise InvalidPart10Error(f"{path}: unreadable dataset: {exc}") from exc
+            raise InvalidPart10Error(f"unreadable data set: {exc}") from exc
         sop_class = sop_class or _uid_value(ds.get("SOPClassUID"))
         sop_instance = sop_instance or _uid_value(ds.get("SOPInstanceUID"))
     if not sop_class or not sop_instance:
-        raise InvalidPart10Error(f"{path}: no SOP Class UID or SOP Instance UID")
+        raise InvalidPart10Error("no SOP Class UID or SOP Instance UID")
     return Part10Info(sop_class, sop_instance, transfer_syntax, offset)
 
 
@@ -1050,7 +1051,7 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], recursive: bool) -> Scan
             result.invalid.append((path, str(exc)))
             continue
         except OSError as exc:
-            result.invalid.append((path, f"{path}: {exc.strerror or exc}"))
+            result.invalid.append((path, str(exc.strerror or exc)))
             continue
         if f.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
             result.skipped.append((path, "DICOMDIR (a media directory, not sent)"))

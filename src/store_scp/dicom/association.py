@@ -208,7 +208,9 @@ class Association:
         self.artim_running = False
         self.should_close = False
         self.error: str = ""  # why the last protocol abort happened, for the log
-        self._reader = P.PDUReader(max_pdata_length, max_associate_length)
+        self._reader = P.PDUStreamReader(max_pdata_length, max_associate_length)
+        self._pdata_open = False  # the current P-DATA-TF was accepted by the state machine
+        self._reader_failed = False
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._pending: P.PDU | None = None  # the PDU or primitive the current action handles
@@ -228,25 +230,42 @@ class Association:
         else:
             self._handle(E.TRANSPORT_CONFIRM)
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Bytes from the peer; b"" means the peer closed the transport (Evt17)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Bytes from the peer; b"" means the peer closed the transport (Evt17).
+
+        P-DATA arrives as `DataReceived` events whose PDVs may be partial (a large PDV comes
+        in several chunks; only its final chunk has `is_last`). Their data are views of
+        `data`: use or copy them before the caller reuses that buffer.
+        """
         if not data:
             self._handle(E.TRANSPORT_CLOSED)
             return self._take_events()
         if self.state is State.STA1:
             return []  # the association is over; late bytes are dropped
-        try:
-            pdus = self._reader.feed(data)
-        except P.PDUError as exc:
-            self.error = str(exc)
-            self._pending = P.Abort(ABORT_SOURCE_PROVIDER, exc.reason)
-            self._handle(E.INVALID_PDU)
-            return self._take_events()
-        for pdu in pdus:
+        pdvs: list[P.PDV] = []
+        items = self._reader.feed(data)
+        for item in items:
             if self.state is State.STA1:
                 break
-            self._pending = pdu
-            self._handle(_PDU_EVENTS[type(pdu)])
+            if isinstance(item, P.PDV):
+                if self._pdata_open:
+                    pdvs.append(item)
+                continue
+            if pdvs:
+                self._emit(DataReceived(pdvs))
+                pdvs = []
+            self._pdata_open = False
+            self._pending = item
+            self._handle(_PDU_EVENTS[type(item)])
+        if pdvs:
+            self._emit(DataReceived(pdvs))
+        error = self._reader.error
+        if error is not None and self.state is not State.STA1 and not self._reader_failed:
+            self._reader_failed = True
+            self.error = str(error)
+            self._pending = P.Abort(ABORT_SOURCE_PROVIDER, error.reason)
+            self._pdata_open = False
+            self._handle(E.INVALID_PDU)
         return self._take_events()
 
     def artim_expired(self) -> list[Event]:
@@ -364,7 +383,9 @@ class Association:
 
     def _dt2(self) -> None:
         assert isinstance(self._pending, P.PDataTF)
-        self._emit(DataReceived(self._pending.pdvs))
+        self._pdata_open = True  # its PDVs follow as they arrive
+        if self._pending.pdvs:
+            self._emit(DataReceived(self._pending.pdvs))
 
     # Release
     def _ar1(self) -> None:

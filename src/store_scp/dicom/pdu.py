@@ -436,6 +436,124 @@ class PDUReader:
         return out
 
 
+class PDUStreamReader:
+    """Splits a byte stream into PDUs without ever buffering a P-DATA-TF PDU.
+
+    Yields, in stream order: whole PDUs of every other type; for each P-DATA-TF PDU a
+    `PDataTF([])` marker when its header arrives, then its PDVs as `PDV` chunks, each a view
+    of the bytes passed to `feed` (valid until the caller reuses that buffer). A PDV larger
+    than what has arrived comes as several chunks; only the final chunk of a PDV carries its
+    `is_last` flag. Memory held is bounded by one non-P-DATA PDU, whatever the PDU sizes.
+    Length checks are the same as `PDUReader`'s.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_len",
+        "_body_type",
+        "_control",
+        "_ctx",
+        "_head",
+        "_pdu_left",
+        "_pdv_left",
+        "_whole",
+        "error",
+    )
+
+    def __init__(
+        self,
+        max_pdata_length: int,
+        max_associate_length: int = DEFAULT_MAX_ASSOCIATE_LENGTH,
+    ) -> None:
+        self._whole = PDUReader(max_pdata_length, max_associate_length)  # for its checks
+        self._head = bytearray()  # a partial PDU header or PDV header
+        self._pdu_left = 0  # body bytes of the current P-DATA-TF not yet read
+        self._pdv_left = -1  # data bytes of the current PDV not yet read; -1: need a header
+        self._ctx = 0
+        self._control = 0
+        self._body: bytearray | None = None  # body of a non-P-DATA PDU being collected
+        self._body_type = 0
+        self._body_len = 0
+        self.error: PDUError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._head) + (len(self._body) if self._body is not None else 0)
+
+    def _fill_head(self, view: memoryview, pos: int) -> int:
+        take = min(PDU_HEADER.size - len(self._head), len(view) - pos)
+        self._head += view[pos : pos + take]
+        return pos + take
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[PDU | PDV]:
+        """Everything decodable in `data`. On a protocol error, what came before it is
+        returned and the error is kept in `self.error`; the stream is dead from then on."""
+        out: list[PDU | PDV] = []
+        if self.error is None:
+            try:
+                self._feed(data, out)
+            except PDUError as exc:
+                self.error = exc
+        return out
+
+    def _feed(self, data: bytes | bytearray | memoryview, out: list[PDU | PDV]) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._pdu_left:
+                if self._pdv_left < 0:  # a PDV header (4-byte length, context, control)
+                    if self._pdu_left < _PDV_HEADER.size:
+                        raise PDUError("P-DATA-TF ends inside a PDV header")
+                    pos = self._fill_head(view, pos)
+                    if len(self._head) < _PDV_HEADER.size:
+                        break
+                    length, self._ctx, self._control = _PDV_HEADER.unpack_from(self._head)
+                    self._head.clear()
+                    if length < 2 or length + 4 > self._pdu_left:
+                        raise PDUError(f"PDV length {length} does not fit its P-DATA-TF PDU")
+                    self._pdu_left -= _PDV_HEADER.size
+                    self._pdv_left = length - 2
+                    if self._pdv_left:
+                        continue
+                    chunk: memoryview | bytes = b""
+                else:
+                    take = min(self._pdv_left, end - pos)
+                    chunk = view[pos : pos + take]
+                    pos += take
+                    self._pdv_left -= take
+                    self._pdu_left -= take
+                done = self._pdv_left == 0
+                control = self._control
+                out.append(PDV(self._ctx, bool(control & 1), done and bool(control & 2), chunk))
+                if done:
+                    self._pdv_left = -1
+                continue
+            if self._body is not None:
+                take = min(self._body_len - len(self._body), end - pos)
+                self._body += view[pos : pos + take]
+                pos += take
+                if len(self._body) == self._body_len:
+                    out.append(decode_body(self._body_type, memoryview(bytes(self._body))))
+                    self._body = None
+                continue
+            pos = self._fill_head(view, pos)
+            if len(self._head) < PDU_HEADER.size:
+                break
+            pdu_type, length = PDU_HEADER.unpack_from(self._head)
+            self._head.clear()
+            self._whole._check_header(pdu_type, length)
+            if pdu_type == P_DATA_TF:
+                if length == 0:
+                    raise PDUError("P-DATA-TF without a PDV")
+                self._pdu_left = length
+                self._pdv_left = -1
+                out.append(PDataTF([]))
+            elif length == 0:
+                out.append(decode_body(pdu_type, memoryview(b"")))
+            else:
+                self._body_type, self._body_len, self._body = pdu_type, length, bytearray()
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoding
 

@@ -21,10 +21,17 @@ from .. import metrics
 from ..dicom import association as A
 from ..dicom import dimse
 from ..dicom import pdu as P
-from ..dicom.negotiation import REJECT_LOCAL_LIMIT, REJECT_REASONS, negotiate
+from ..dicom.negotiation import (
+    REJECT_CALLING_AE,
+    REJECT_LOCAL_LIMIT,
+    REJECT_REASONS,
+    Outcome,
+    negotiate,
+)
 from ..storage.base import StorageError
 from ..tracking.base import Receipt
 from .store import StoredInstance, StoreFailure, StoreOperation
+from .tls import peer_common_name
 
 if TYPE_CHECKING:
     from .listener import Server
@@ -35,7 +42,12 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _TLS_RECORD_HANDSHAKE = 0x16
 
 
-class Session(asyncio.Protocol):
+#: Receive buffer per association, reused for every read: large reads mean few system calls,
+#: reuse means no fresh pages (page faults cost more than the copy they would replace).
+READ_BUFFER_SIZE = 256 * 1024
+
+
+class Session(asyncio.BufferedProtocol):
     def __init__(self, server: Server, *, tls: bool) -> None:
         self.server = server
         self.settings = server.settings
@@ -66,8 +78,9 @@ class Session(asyncio.Protocol):
         # Flow: events waiting while a commit is in flight, and bytes received meanwhile
         self._busy = False
         self._events: collections.deque[A.Event] = collections.deque()
-        self._backlog: list[bytes] = []
+        self._backlog: list[bytes] = []  # bytes read while a commit was in flight
         self._watchdog: asyncio.TimerHandle | None = None
+        self._rbuf: memoryview | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -96,11 +109,24 @@ class Session(asyncio.Protocol):
             except OSError:
                 self.sock = None
         self.server.sessions.add(self)
+        if self.tls:
+            metrics.TLS_HANDSHAKES.labels(result="ok").inc()
         self.assoc.connection_made()
         self._sync_artim()
         self._arm_watchdog()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._rbuf is None:
+            self._rbuf = memoryview(bytearray(READ_BUFFER_SIZE))
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._rbuf is not None
+        self.data_received(self._rbuf[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """`data` may be a view of the reusable read buffer: everything that must outlive
+        this call is copied (command fragments, backlog); dataset bytes go to the file now."""
         if self.closed:
             return
         if _TCP_QUICKACK is not None and self.sock is not None:
@@ -119,7 +145,7 @@ class Session(asyncio.Protocol):
                 self._close(abort=True)
                 return
         if self._busy:
-            self._backlog.append(data)
+            self._backlog.append(bytes(data))
             return
         self._feed(data)
 
@@ -163,7 +189,7 @@ class Session(asyncio.Protocol):
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         events = self.assoc.receive_data(data)
         self._flush()
         self._events.extend(events)
@@ -214,19 +240,22 @@ class Session(asyncio.Protocol):
 
     def _dispatch(self, event: A.Event) -> None:
         if isinstance(event, A.DataReceived):
-            for pdv in event.pdvs:
+            for i, pdv in enumerate(event.pdvs):
                 if self._busy or self.closed:
-                    # A commit started mid-PDU: keep the remaining PDVs in order.
-                    rest = event.pdvs[event.pdvs.index(pdv) :]
-                    self._events.appendleft(A.DataReceived(rest))
+                    # A commit started mid-read: keep the remaining PDVs, in order. Reading
+                    # is paused, so the read buffer they point into is not reused meanwhile.
+                    self._events.appendleft(A.DataReceived(event.pdvs[i:]))
                     return
                 self._on_pdv(pdv)
         elif isinstance(event, A.AssociationRequested):
-            self._on_request(event.request)
+            # Bytes after the request may already have aborted the association (Sta13).
+            if self.assoc.state is A.State.STA3:
+                self._on_request(event.request)
         elif isinstance(event, A.ReleaseRequested):
             self._drop_op()
-            self.assoc.send_release_response()
-            self._flush()
+            if self.assoc.state is A.State.STA8:
+                self.assoc.send_release_response()
+                self._flush()
         elif isinstance(event, A.Aborted):
             self._on_aborted(event)
             self._close()
@@ -236,6 +265,11 @@ class Session(asyncio.Protocol):
     def _on_request(self, rq: P.AssociateRQ) -> None:
         self.calling_ae, self.called_ae = rq.calling_ae, rq.called_ae
         outcome = negotiate(rq, self.server.policy)
+        if outcome.accept is not None and not self._certificate_allows(rq.calling_ae):
+            outcome = Outcome(
+                reject=P.AssociateRJ(*REJECT_CALLING_AE),
+                reason="calling AE title not allowed for this client certificate",
+            )
         if outcome.accept is not None and not self.server.acquire_slot(rq.calling_ae):
             outcome.accept = None
             outcome.reject = P.AssociateRJ(*REJECT_LOCAL_LIMIT)
@@ -281,6 +315,15 @@ class Session(asyncio.Protocol):
         self.assoc.send_accept(outcome.accept)
         self._flush()
 
+    def _certificate_allows(self, calling_ae: str) -> bool:
+        """With mutual TLS and a certificate map, a client certificate (by subject CN) may
+        only use the calling AE titles mapped to it."""
+        cert_map = self.settings.tls_cert_ae_map
+        if not self.tls or not cert_map or self.transport is None:
+            return True
+        cn = peer_common_name(self.transport.get_extra_info("peercert"))
+        return calling_ae in cert_map.get(cn, ())
+
     def _on_aborted(self, event: A.Aborted) -> None:
         self._drop_op()
         if event.by_peer:
@@ -322,7 +365,7 @@ class Session(asyncio.Protocol):
                 self._protocol_abort("command fragments on different presentation contexts")
                 return
             self._command_ctx = pdv.context_id
-            self._command_buf.append(pdv.data)
+            self._command_buf.append(bytes(pdv.data))
             if sum(len(b) for b in self._command_buf) > dimse.MAX_COMMAND_LENGTH:
                 self._protocol_abort("command set too long")
                 return

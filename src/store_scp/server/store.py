@@ -166,7 +166,7 @@ class StoreOperation:
             self.discard()
             return
         if self._pending or not scanner.file_meta_known:
-            self._pending.append(data)
+            self._pending.append(bytes(data))  # `data` may be a reused read buffer
             if scanner.file_meta_known:
                 self._flush_pending(scanner.info.file_meta_prefix)
             return
