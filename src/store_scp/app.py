@@ -101,12 +101,13 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    reconciling: asyncio.Future[int] | None = None
     if run_reconciler:
         from .tracking.reconcile import reconcile
 
-        # Objects committed by a process that died before its tracker write get their row.
-        reconciling = loop.run_in_executor(None, reconcile, store, tracker)
+        # Objects committed by a process that died before its tracker write get their row,
+        # before new receipts can race with it. The landing area holds only what is not yet
+        # imported (imported objects are cleaned up), so this stays short.
+        await loop.run_in_executor(None, reconcile, store, tracker)
     await server.start()
 
     runner = None
@@ -129,8 +130,6 @@ async def serve(
     await stop.wait()
     log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
     await server.shutdown(settings.shutdown_grace)
-    if reconciling is not None:
-        await reconciling
     if runner is not None:
         await runner.cleanup()
     tracker.close()
