@@ -327,7 +327,7 @@ def _format_peer(host: str, port: int) -> str:
 
 
 class Requestor:
-    """One association as requestor, blocking. Not thread-safe.
+    """One association as requestor, blocking. Not thread-safe; one association per instance.
 
     ```
     with Requestor() as scu:
@@ -387,7 +387,7 @@ class Requestor:
         `AssociationAbortedError`.
         """
         if self._assoc is not None:
-            raise SCUError("this requestor is already connected")
+            raise SCUError("a Requestor carries one association; use a new one")
         _check_ae(calling_ae, "calling AE title")
         _check_ae(called_ae, "called AE title")
         if not contexts:
@@ -687,7 +687,7 @@ class Requestor:
                         return _aborted(event)
                 if not data:
                     break
-        except (OSError, A.LocalError, AssertionError):
+        except (OSError, A.LocalError):
             pass
         return None
 
@@ -717,7 +717,8 @@ class Requestor:
             else:
                 detail = ""
             events = assoc.receive_data(data)
-            self._flush()  # e.g. the A-ABORT answering a protocol error
+            with contextlib.suppress(SCUError):  # the events below tell what happened
+                self._flush()  # e.g. the A-ABORT answering a protocol error
             if detail:
                 events = [
                     A.Aborted(e.source, e.reason, e.by_peer, detail)

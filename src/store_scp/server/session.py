@@ -130,8 +130,9 @@ class Session(asyncio.BufferedProtocol):
         if self.closed:
             return
         if _TCP_QUICKACK is not None and self.sock is not None:
-            # Senders that leave Nagle on wait for our ACK before their next small segment;
-            # a delayed ACK would stall each object for ~40 ms.
+            # A sender that leaves Nagle on holds its next small segment until our ACK; a
+            # delayed ACK would stall every object ~40 ms. The kernel leaves quick-ACK mode on
+            # its own, so it is set again after every read.
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         self.last_rx = time.monotonic()

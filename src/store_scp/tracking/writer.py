@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 from .base import Receipt, Tracker
 
@@ -17,6 +18,9 @@ log = logging.getLogger("store_scp.tracking")
 
 _MAX_BATCH = 500
 _STOP = None
+#: Pause between batches. The thread would otherwise wake for every receipt and take the GIL
+#: from the event loop each time; a short pause turns a stream of receipts into few batches.
+BATCH_INTERVAL = 0.05
 
 
 class ReceiptWriter:
@@ -60,3 +64,4 @@ class ReceiptWriter:
                     )
             if stop:
                 return
+            time.sleep(BATCH_INTERVAL)
