@@ -237,11 +237,11 @@ class Association:
         in several chunks; only its final chunk has `is_last`). Their data are views of
         `data`: use or copy them before the caller reuses that buffer.
         """
+        if self.state is State.STA1:
+            return []  # the association is over; late bytes and the close are expected
         if not data:
             self._handle(E.TRANSPORT_CLOSED)
             return self._take_events()
-        if self.state is State.STA1:
-            return []  # the association is over; late bytes are dropped
         pdvs: list[P.PDV] = []
         items = self._reader.feed(data)
         for item in items:

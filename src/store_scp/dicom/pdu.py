@@ -675,7 +675,9 @@ def fragment(
     A peer maximum of 0 means unlimited (PS3.8 D.1); we still cut at 1 MiB to bound buffers.
     """
     limit = max_pdu_length if max_pdu_length > 0 else 1 << 20
-    chunk = limit - _PDV_HEADER.size  # the PDU length counts the PDV header too
+    # The PDU length counts the PDV header too; PDV values have even length (PS3.8 E.2), so a
+    # peer that announces an odd maximum still gets even fragments.
+    chunk = (limit - _PDV_HEADER.size) & ~1
     if chunk <= 0:
         raise PDUError(f"peer maximum PDU length {max_pdu_length} is too small")
     view = memoryview(data)
