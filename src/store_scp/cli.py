@@ -29,7 +29,7 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="store-scp")
 def main() -> None:
-    """A DICOM Store SCP that lands images in AWS HealthImaging.
+    """A DICOM Store SCP: receives objects and keeps each one durably for AWS HealthImaging.
 
     Every setting can also come from a STORE_SCP_* environment variable or a TOML file
     (--config or STORE_SCP_CONFIG); flags win over both.
