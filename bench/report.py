@@ -1,0 +1,259 @@
+"""The bench's Markdown report: medians of the repeats, ratios against DCMTK, the targets."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from diskflush import FlushResult
+
+# store-scp performance targets: minimum ratio to DCMTK on the row's metric.
+RATIO_TARGETS: dict[tuple[str, str], float] = {
+    ("a", "store-scp-fsync-on"): 1.0,
+    ("a", "store-scp-fsync-off"): 1.5,
+    ("b", "store-scp-fsync-on"): 1.0,
+    ("b", "store-scp-fsync-off"): 1.0,
+    ("c", "store-scp-fsync-on"): 0.8,
+    ("c", "store-scp-fsync-off"): 1.0,
+    ("d", "store-scp-fsync-on"): 1.0,
+    ("d", "store-scp-fsync-off"): 1.0,
+    ("e", "store-scp-fsync-on"): 20.0,
+    ("e", "store-scp-fsync-off"): 20.0,
+}
+ECHO_TARGET_MS = 2.0
+RSS_GROWTH_TARGET_MB = 30.0
+
+
+class RowLike(Protocol):
+    @property
+    def title(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+
+
+class ServerLike(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def durability(self) -> str: ...
+    @property
+    def fsync(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    command: str
+    quick: bool
+    repeat: int
+    facts: Mapping[str, str]
+    datasets: Mapping[str, tuple[str, int, int]]  # key -> (name, files, bytes)
+    flush: FlushResult
+    gate_passed: bool
+    gate_text: str
+    show_unverified: bool
+    unavailable: Mapping[str, str]
+    elapsed_s: float
+
+
+def _median(values: Iterable[float]) -> float:
+    vals = list(values)
+    return statistics.median(vals) if vals else float("nan")
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    if value != value:  # NaN
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _check(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def render(
+    ctx: Context,
+    samples: Sequence[Mapping[str, Any]],
+    rows: Mapping[str, RowLike],
+    servers: Sequence[ServerLike],
+) -> str:
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for s in samples:
+        groups.setdefault((s["row"], s["server"]), []).append(s)
+    row_keys = [k for k in rows if any(r == k for r, _ in groups)]
+    notes: list[str] = [
+        f"{s['row']} {s['server']} #{s['rep']}: run again after: {err}"
+        for s in samples
+        for err in s.get("retried_after", [])
+    ]
+    out: list[str] = []
+
+    f = ctx.facts
+    out.append(f"# store-scp bench{' (quick)' if ctx.quick else ''}")
+    out.append("")
+    out.append(f"- command: `{ctx.command}`")
+    out.append(
+        f"- machine: {f.get('cpu')}, {f.get('cores')} cores, Linux {f.get('kernel')}, "
+        f"Python {f.get('python')}; data on {f.get('data_filesystem')}"
+    )
+    out.append(
+        f"- servers: {f.get('dcmtk')}; pynetdicom {f.get('pynetdicom')}; "
+        f"store-scp at {f.get('store_scp_commit')}"
+    )
+    out.append(
+        "- sender: DCMTK storescu, one association per process, `TCP_NODELAY=1` (row e: without it)"
+    )
+    for key, (name, files, size) in ctx.datasets.items():
+        out.append(f"- data {key}: {name}, {files:,} files, {size / 1e6:,.1f} MB")
+    fl = ctx.flush
+    out.append(
+        f"- disk flush latency (write 16 KB + fsync + rename + fsync dir, "
+        f"{len(fl.samples_ms)} samples): median {fl.median_ms:.2f} ms, p90 {fl.p90_ms:.2f} ms "
+        f"-> fsync on, one association: at most {fl.bound_objects_per_s:,.0f} objects/s"
+    )
+    out.append(f"- durability-order gate for fsync-on figures: {ctx.gate_text}")
+    for family, why in ctx.unavailable.items():
+        out.append(f"- {family}: not available ({why})")
+    out.append(
+        f"- medians of {ctx.repeat} run(s); MB = 10^6 bytes of Part 10 files sent; RSS = "
+        "summed VmRSS of the server's process tree; CPU = server tree CPU during the sending"
+    )
+    out.append("")
+
+    transfer_rows = [k for k in row_keys if rows[k].data]
+    if transfer_rows:
+        out.append(
+            "| row | server | durability | objects/s | MB/s | CPU s | idle RSS MB | "
+            "peak RSS MB | RSS growth MB | vs DCMTK | target |"
+        )
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    dcmtk_metric: dict[str, float] = {}
+    for rk in transfer_rows:
+        row = rows[rk]
+        ds = ctx.datasets.get(row.data)
+        n = f"{ds[1]:,} x " if ds else ""
+        title = f"{rk}: {n}{row.title}"
+        metric_name = "objects/s" if row.metric == "obj_s" else "MB/s"
+        base = groups.get((rk, "dcmtk"), [])
+        if base and all(s["ok"] for s in base):
+            dcmtk_metric[rk] = _median(s[row.metric] for s in base)
+        for server in servers:
+            runs = groups.get((rk, server.key))
+            if not runs:
+                continue
+            name = server.name
+            durability = server.durability
+            if rk == "e" and server.key == "dcmtk":
+                name += " (as shipped, no TCP_NODELAY)"
+            withheld = server.fsync and not ctx.gate_passed
+            if withheld and ctx.show_unverified:
+                durability += ", UNVERIFIED"
+            failed = [s for s in runs if not s["ok"]]
+            if failed:
+                msg = failed[0]["error"]
+                out.append(
+                    f"| {title} | {name} | {durability} | FAILED | | | | | | | "
+                    f"{len(failed)}/{len(runs)} runs failed |"
+                )
+                notes.append(f"{rk} {server.key}: {msg}")
+                continue
+            if withheld and not ctx.show_unverified:
+                out.append(
+                    f"| {title} | {name} | {durability} | withheld | | | | | | | "
+                    "durability-order test not passed |"
+                )
+                continue
+            obj = _median(s["obj_s"] for s in runs)
+            mb = _median(s["mb_s"] for s in runs)
+            cpu = _median(s["cpu_s"] for s in runs)
+            idle = _median(s["idle_rss_mb"] for s in runs)
+            peak = _median(s["peak_rss_mb"] for s in runs)
+            growth = _median(s["rss_growth_mb"] for s in runs)
+            value = obj if row.metric == "obj_s" else mb
+            ratio = value / dcmtk_metric[rk] if rk in dcmtk_metric else float("nan")
+            ratio_txt = f"{ratio:.2f}x" if ratio == ratio else "-"
+            targets = []
+            goal = RATIO_TARGETS.get((rk, server.key))
+            if goal is not None and ratio == ratio:
+                targets.append(f">= {goal:g}x {metric_name}: {_check(ratio >= goal)}")
+            if rk == "c" and server.key.startswith("store-scp"):
+                targets.append(
+                    f"RSS growth < {RSS_GROWTH_TARGET_MB:g} MB: "
+                    f"{_check(growth < RSS_GROWTH_TARGET_MB)}"
+                )
+            out.append(
+                f"| {title} | {name} | {durability} | {_fmt(obj)} | {_fmt(mb)} | {_fmt(cpu, 2)} "
+                f"| {_fmt(idle)} | {_fmt(peak)} | {_fmt(growth)} | {ratio_txt} | "
+                f"{'; '.join(targets)} |"
+            )
+        # One association, fsync on: at most one object per disk flush. Say so when the target
+        # asks for more than this disk allows, whether or not the figure itself is shown.
+        goal = RATIO_TARGETS.get((rk, "store-scp-fsync-on"))
+        if (
+            rk in ("a", "e")
+            and goal is not None
+            and rk in dcmtk_metric
+            and (rk, "store-scp-fsync-on") in groups
+            and dcmtk_metric[rk] * goal > fl.bound_objects_per_s
+        ):
+            notes.append(
+                f"{rk}: the fsync-on target ({goal:g}x DCMTK = {dcmtk_metric[rk] * goal:,.0f} "
+                f"objects/s) is above what this disk allows with fsync on over one association "
+                f"({fl.bound_objects_per_s:,.0f} objects/s = 1 / median flush of "
+                f"{fl.median_ms:.2f} ms): the disk, not the code, bounds it"
+            )
+    if transfer_rows:
+        out.append("")
+        out.append(
+            "vs DCMTK compares objects/s in rows a and e and MB/s in rows b, c and d with DCMTK "
+            "storescp in the same row (row e: DCMTK with Nagle on, as Debian ships it)."
+        )
+        out.append("")
+
+    if "f" in row_keys:
+        out.append("| row | server | median ms | p90 ms | vs DCMTK | target |")
+        out.append("|---|---|---:|---:|---:|---|")
+        base = groups.get(("f", "dcmtk"), [])
+        base_ms = (
+            _median(_median(s["echo_ms"]) for s in base)
+            if base and all(s["ok"] for s in base)
+            else float("nan")
+        )
+        for server in servers:
+            runs = groups.get(("f", server.key))
+            if not runs:
+                continue
+            failed = [s for s in runs if not s["ok"]]
+            title = "f: new association + C-ECHO + release (in-process client)"
+            if failed:
+                out.append(f"| {title} | {server.name} | FAILED | | | |")
+                notes.append(f"f {server.key}: {failed[0]['error']}")
+                continue
+            med = _median(_median(s["echo_ms"]) for s in runs)
+            everything = sorted(x for s in runs for x in s["echo_ms"])
+            p90 = everything[min(len(everything) - 1, int(0.9 * len(everything)))]
+            ratio = med / base_ms if base_ms == base_ms else float("nan")
+            ratio_txt = f"{ratio:.2f}x" if ratio == ratio else "-"
+            target = ""
+            if server.key.startswith("store-scp"):
+                target = f"< {ECHO_TARGET_MS:g} ms: {_check(med < ECHO_TARGET_MS)}"
+            out.append(
+                f"| {title} | {server.name} | {med:.2f} | {p90:.2f} | {ratio_txt} | {target} |"
+            )
+        out.append("")
+        out.append("Row f: vs DCMTK is the latency ratio (lower is faster).")
+        out.append("")
+
+    if notes:
+        out.append("Notes:")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
+    out.append(f"Total bench time: {ctx.elapsed_s / 60:.1f} min.")
+    return "\n".join(out)
