@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
@@ -30,7 +31,7 @@ from ..dicom.negotiation import (
 )
 from ..storage.base import StorageError
 from ..tracking.base import Receipt
-from .store import StoredInstance, StoreFailure, StoreOperation
+from .store import StoredInstance, StoreFailure, StoreOperation, drop_staging, open_staging
 from .tls import peer_common_name
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Session(asyncio.BufferedProtocol):
         self._backlog: list[bytes] = []  # bytes read while a commit was in flight
         self._watchdog: asyncio.TimerHandle | None = None
         self._rbuf: memoryview | None = None
+        # A staging file opened while the peer prepares its next object, off the latency path
+        self._spare: tuple[int, Path] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -165,6 +168,9 @@ class Session(asyncio.BufferedProtocol):
                         self._on_aborted(event)
         self._drop_op()
         self.server.sessions.discard(self)
+        if self._spare is not None:
+            drop_staging(*self._spare)
+            self._spare = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -438,7 +444,9 @@ class Session(asyncio.BufferedProtocol):
             )
             return
         self._command = command
+        spare, self._spare = self._spare, None
         self._op = StoreOperation(
+            staging=spare,
             staging_dir=self.server.store.staging_dir,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
@@ -511,8 +519,14 @@ class Session(asyncio.BufferedProtocol):
         failure: StoreFailure | None,
     ) -> None:
         self._answer_store(ctx_id, command, failure, op=op, stored=stored)
+        op.close_file()
         if failure is None:
             self.server.record_receipt(self._receipt(stored))
+        if self._spare is None and not self.closed:
+            try:
+                self._spare = open_staging(self.server.store.staging_dir)
+            except OSError:
+                self._spare = None  # the next store opens its own and reports the error
 
     def _receipt(self, stored: StoredInstance) -> Receipt:
         return Receipt(

@@ -35,6 +35,19 @@ def _staging_name() -> str:
     return f"{os.getpid():x}-{_staging_token}-{next(_staging_counter)}.part"
 
 
+def open_staging(staging_dir: Path) -> tuple[int, Path]:
+    """A new, empty staging file, opened for writing. Raises OSError."""
+    path = staging_dir / _staging_name()
+    return os.open(path, _STAGING_FLAGS, 0o600), path
+
+
+def drop_staging(fd: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 #: UIDs become path components of object keys: digits and dots only, no "..", at most 64.
 _KEY_SAFE_UID = re.compile(r"[0-9](?:[0-9]|\.(?!\.)){0,63}")
 
@@ -96,7 +109,9 @@ class StoreOperation:
         calling_ae: str,
         max_object_size: int,
         refuse: StoreFailure | None = None,
+        staging: tuple[int, Path] | None = None,
     ) -> None:
+        """`staging`: a staging file opened in advance (see open_staging), else one is made."""
         self.started = time.monotonic()
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
@@ -108,6 +123,7 @@ class StoreOperation:
         self.staging: Path | None = None
         self._hash = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []  # bytes held until group 0002 is known
+        self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
         self._written = 0
         ts = uids.TRANSFER_SYNTAXES.get(transfer_syntax_uid)
@@ -115,27 +131,26 @@ class StoreOperation:
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "transfer syntax not supported")
         self._scanner = HeaderScanner(ts.explicit_vr, ts.little_endian, ts.deflated) if ts else None
         self._deflated = bool(ts and ts.deflated)
-        if self.failure is not None:
-            return
-        if not key_safe(sop_instance_uid):
+        if self.failure is None and not key_safe(sop_instance_uid):
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "invalid SOP Instance UID")
+        if self.failure is not None:
+            if staging is not None:
+                drop_staging(*staging)
             return
         try:
-            self.staging = staging_dir / _staging_name()
-            fd = os.open(self.staging, _STAGING_FLAGS, 0o600)
-            self._fd = fd
-            meta = file_meta(
-                sop_class_uid,
-                sop_instance_uid,
-                transfer_syntax_uid,
-                uids.IMPLEMENTATION_CLASS_UID,
-                uids.IMPLEMENTATION_VERSION_NAME,
-                calling_ae,
-            )
-            _write_all(fd, meta)
-            self._meta_len = len(meta)
+            self._fd, self.staging = staging if staging is not None else open_staging(staging_dir)
         except OSError as exc:
             self._fail_io(exc)
+            return
+        self._meta = file_meta(
+            sop_class_uid,
+            sop_instance_uid,
+            transfer_syntax_uid,
+            uids.IMPLEMENTATION_CLASS_UID,
+            uids.IMPLEMENTATION_VERSION_NAME,
+            calling_ae,
+        )
+        self._meta_len = len(self._meta)
 
     @property
     def failed(self) -> bool:
@@ -191,7 +206,14 @@ class StoreOperation:
 
     def _write(self, data: bytes | memoryview) -> None:
         try:
-            _write_all(self._fd, data)
+            if self._meta:
+                # One system call for the header and the first bytes of the dataset.
+                n = os.writev(self._fd, (self._meta, data))
+                if n < self._meta_len + len(data):
+                    _write_all(self._fd, (self._meta + bytes(data))[n:])
+                self._meta = b""
+            else:
+                _write_all(self._fd, data)
         except OSError as exc:
             self._fail_io(exc)
             return
@@ -213,12 +235,13 @@ class StoreOperation:
             self._refuse(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs")
         if info.sop_instance_uid != self.sop_instance_uid:
             self._refuse(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs")
-        try:
-            os.close(self._fd)
-        except OSError as exc:
-            self._fail_io(exc)
-            raise self.failure from None  # type: ignore[misc]
-        self._fd = -1
+        if self._meta:  # an empty dataset: the header alone
+            try:
+                _write_all(self._fd, self._meta)
+            except OSError as exc:
+                self._fail_io(exc)
+                raise self.failure from None  # type: ignore[misc]
+            self._meta = b""
         study = info.study_instance_uid if key_safe(info.study_instance_uid) else "_"
         series = info.series_instance_uid if key_safe(info.series_instance_uid) else "_"
         size = self._meta_len + self._written
@@ -244,12 +267,18 @@ class StoreOperation:
         self.discard()
         raise self.failure
 
-    def discard(self) -> None:
-        """Drop the staging file; nothing of this object is ever visible. Idempotent."""
+    def close_file(self) -> None:
+        """Close our descriptor of the staging file. The commit does not need it closed
+        (it fsyncs through its own descriptor), so this runs after the response, off the
+        latency path. Idempotent."""
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+    def discard(self) -> None:
+        """Drop the staging file; nothing of this object is ever visible. Idempotent."""
+        self.close_file()
         if self.staging is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.staging)
