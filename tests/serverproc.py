@@ -41,8 +41,9 @@ class ServerProcess:
         return sorted(p for p in self.objects_dir.rglob("*.dcm") if ".staging" not in p.parts)
 
     def staging_files(self) -> list[Path]:
+        """Staging files (`*.part`) of every process, live or dead."""
         staging = self.objects_dir / ".staging"
-        return sorted(staging.iterdir()) if staging.exists() else []
+        return sorted(staging.rglob("*.part")) if staging.exists() else []
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

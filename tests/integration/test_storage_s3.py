@@ -281,10 +281,11 @@ def test_stale_staging_files_are_removed_at_start(
     tmp_path: Path,
 ) -> None:
     staging_dir = tmp_path / "staging"
-    staging_dir.mkdir()
-    old = staging_dir / "tmpold.part"
+    (staging_dir / "dead-owner").mkdir(parents=True)
+    (staging_dir / "dead-owner.lock").write_bytes(b"")  # its owner died
+    old = staging_dir / "dead-owner" / "tmpold.part"
     old.write_bytes(b"partial")
-    os.utime(old, (1_000_000_000, 1_000_000_000))
     store = S3ObjectStore(bucket, staging_dir=staging_dir, endpoint_url=moto_endpoint)
     store.close()
     assert not old.exists()
+    assert store.staging_dir.parent == staging_dir

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from store_scp.storage.base import StorageError
-from store_scp.storage.local import LocalObjectStore, remove_stale_staging_files
+from store_scp.storage.local import LocalObjectStore
 
 KEY = "batch-1/1.2.840.1/1.2.840.1.2/1.2.840.1.2.3.dcm"
 
@@ -52,7 +55,8 @@ def store(tmp_path: Path) -> LocalObjectStore:
 def test_layout(tmp_path: Path) -> None:
     st = LocalObjectStore(tmp_path / "data")
     assert st.objects_dir == tmp_path / "data" / "objects"
-    assert st.staging_dir == tmp_path / "data" / "objects" / ".staging"
+    # One staging folder per process, under objects/.staging/
+    assert st.staging_dir.parent == tmp_path / "data" / "objects" / ".staging"
     assert st.staging_dir.is_dir()
     assert os.stat(st.staging_dir).st_dev == os.stat(st.objects_dir).st_dev
 
@@ -218,36 +222,65 @@ def test_reopening_a_store_keeps_committed_objects(tmp_path: Path) -> None:
 def test_leftover_part_files_are_removed_at_start_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    staging_dir = tmp_path / "data" / "objects" / ".staging"
-    staging_dir.mkdir(parents=True)
-    old = [staging_dir / f"tmpcrash{i}.part" for i in range(3)]
+    root = tmp_path / "data" / "objects" / ".staging"
+    dead = root / "dead-owner"
+    dead.mkdir(parents=True)
+    (root / "dead-owner.lock").write_bytes(b"")  # nobody holds its lock: its owner died
+    old = [dead / f"tmpcrash{i}.part" for i in range(3)]
     for path in old:
         path.write_bytes(b"half an object")
-        os.utime(path, (1_000_000_000, 1_000_000_000))  # 2001: before this process started
-    fresh = staging_dir / "tmpinflight.part"  # written by this process: must stay
-    fresh.write_bytes(b"being received")
-    other = staging_dir / "notes.txt"
+    loose = root / "tmploose.part"  # an old layout's leftover
+    loose.write_bytes(b"half")
+    live = root / "live-owner"
+    live.mkdir()
+    lock_fd = os.open(root / "live-owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # a live process holds it
+    inflight = live / "tmpinflight.part"
+    inflight.write_bytes(b"being received")
+    other = root / "notes.txt"
     other.write_bytes(b"not a staging file")
-    os.utime(other, (1_000_000_000, 1_000_000_000))
+    try:
+        with caplog.at_level(logging.INFO, logger="store_scp.storage.staging"):
+            st = LocalObjectStore(tmp_path / "data")
+        assert not dead.exists()
+        assert not (root / "dead-owner.lock").exists()
+        assert not loose.exists()
+        assert inflight.exists(), "a live process's staging file must never be removed"
+        assert other.exists()
+        assert list(st.list_keys()) == []
+        messages = " ".join(r.getMessage() for r in caplog.records)
+        assert "4" in messages
+        assert "tmpcrash" not in messages, "log a count, never names"
+    finally:
+        os.close(lock_fd)
 
-    with caplog.at_level(logging.INFO, logger="store_scp.storage.local"):
-        st = LocalObjectStore(tmp_path / "data")
 
-    assert not any(p.exists() for p in old)
-    assert fresh.exists()
-    assert other.exists()
-    assert list(st.list_keys()) == []
-    messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "3" in messages
-    assert "tmpcrash" not in messages, "log a count, never names"
+def test_a_restart_right_after_a_crash_removes_its_leftovers(tmp_path: Path) -> None:
+    """No clock involved: a process killed a moment ago has released its lock."""
+    script = (
+        "import sys, os, signal\n"
+        "from pathlib import Path\n"
+        "from store_scp.storage.local import LocalObjectStore\n"
+        "st = LocalObjectStore(Path(sys.argv[1]))\n"
+        "(st.staging_dir / 'x.part').write_bytes(b'partial')\n"
+        "print(st.staging_dir, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data")], capture_output=True, text=True
+    )
+    assert out.returncode == -signal.SIGKILL
+    crashed = Path(out.stdout.strip())
+    assert (crashed / "x.part").exists()
+    LocalObjectStore(tmp_path / "data")
+    assert not crashed.exists()
 
 
-def test_remove_stale_staging_files_with_explicit_cutoff(tmp_path: Path) -> None:
-    (tmp_path / "a.part").write_bytes(b"")
-    (tmp_path / "b.part").write_bytes(b"")
-    assert remove_stale_staging_files(tmp_path, older_than=0) == 0
-    assert remove_stale_staging_files(tmp_path, older_than=2**40) == 2
-    assert remove_stale_staging_files(tmp_path / "missing") == 0
+def test_two_stores_in_one_process_have_separate_staging(tmp_path: Path) -> None:
+    a = LocalObjectStore(tmp_path / "data")
+    b = LocalObjectStore(tmp_path / "data")
+    assert a.staging_dir != b.staging_dir
+    assert a.staging_dir.exists(), "a live store's folder survives another store's clean-up"
 
 
 # -- durability order ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Layout under `root`::
 
     objects/<key>          committed objects, one file per key
-    objects/.staging/      staging files (`*.part`), on the same file system as the objects
+    objects/.staging/<owner>/  staging files (`*.part`) of one process, on the same file
+                               system as the objects (see storage.staging)
 
 A commit is made durable the way a careful database does it: fsync the staging file, create any
 missing folders of the key (fsyncing the parent of each new folder), rename the file into place,
@@ -24,26 +25,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from store_scp.storage.base import CommittedObject, StorageError
+from store_scp.storage.staging import STAGING_SUFFIX, claim_staging_dir
 
 __all__ = [
     "STAGING_SUFFIX",
     "LocalObjectStore",
-    "remove_stale_staging_files",
     "validate_key",
     "validate_prefix",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Suffix of staging files: `tempfile.mkstemp(dir=store.staging_dir, suffix=STAGING_SUFFIX)`.
-STAGING_SUFFIX = ".part"
 
 _STAGING_DIRNAME = ".staging"
 
@@ -99,58 +96,6 @@ def _errno_name(exc: OSError) -> str:
     return f"{name} ({os.strerror(exc.errno)})"
 
 
-def _process_start_time() -> float:
-    """Wall-clock start time of this process (Linux /proc), or now if it cannot be read."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 of proc(5); fields[0] is field 3
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    boot = int(line.split()[1])
-                    break
-            else:
-                return time.time()
-        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.time()
-
-
-def remove_stale_staging_files(staging_dir: Path, *, older_than: float | None = None) -> int:
-    """Delete `*.part` files in `staging_dir` last modified before `older_than` (a timestamp).
-
-    By default: before this process started, so only leftovers of an earlier (crashed) process
-    are removed, never a file this process is writing. Returns how many were removed and logs
-    the count (never the names).
-    """
-    cutoff = _process_start_time() if older_than is None else older_than
-    removed = 0
-    try:
-        entries = list(os.scandir(staging_dir))
-    except FileNotFoundError:
-        return 0
-    except OSError as exc:
-        raise StorageError(f"cannot list staging folder for cleanup: {_errno_name(exc)}") from exc
-    for entry in entries:
-        if not entry.name.endswith(STAGING_SUFFIX):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("could not remove a leftover staging file: %s", _errno_name(exc))
-    if removed:
-        log.warning("removed %d leftover staging file(s) from an earlier run", removed)
-    else:
-        log.debug("no leftover staging files")
-    return removed
-
-
 class LocalObjectStore:
     """Objects in `root/objects/<key>`; staging files in `root/objects/.staging/`.
 
@@ -163,18 +108,19 @@ class LocalObjectStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root).absolute()
         self.objects_dir = self.root / "objects"
-        self.staging_dir = self.objects_dir / _STAGING_DIRNAME
+        self.staging_root = self.objects_dir / _STAGING_DIRNAME
         self.fsync = fsync
         self._objects = str(self.objects_dir)
         # Folders that exist and whose entry in their parent has been made durable.
         self._known_dirs: set[str] = set()
         try:
-            self._ensure_dir_chain(str(self.staging_dir))
+            self._ensure_dir_chain(str(self.staging_root))
+            # This process's own staging folder; leftovers of dead processes are removed.
+            self.staging_dir = claim_staging_dir(self.staging_root)
         except OSError as exc:
             raise StorageError(
                 f"cannot create the object folders under the store root: {_errno_name(exc)}"
             ) from exc
-        remove_stale_staging_files(self.staging_dir)
 
     def __repr__(self) -> str:
         return f"LocalObjectStore(root={str(self.root)!r}, fsync={self.fsync})"

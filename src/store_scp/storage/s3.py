@@ -31,7 +31,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from store_scp.storage.base import CommittedObject, StorageError
-from store_scp.storage.local import remove_stale_staging_files, validate_key, validate_prefix
+from store_scp.storage.local import validate_key, validate_prefix
+from store_scp.storage.staging import claim_staging_dir
 
 __all__ = ["S3ObjectStore"]
 
@@ -163,10 +164,10 @@ class S3ObjectStore:
         self._closed = False
         self._close_lock = threading.Lock()
         try:
-            self.staging_dir.mkdir(parents=True, exist_ok=True)
+            # This process's own staging folder; leftovers of dead processes are removed.
+            self.staging_dir = claim_staging_dir(Path(staging_dir))
         except OSError as exc:
             raise StorageError(f"cannot create the staging folder: {exc.strerror}") from exc
-        remove_stale_staging_files(self.staging_dir)
 
     def __repr__(self) -> str:
         return f"S3ObjectStore(bucket={self.bucket!r}, prefix={self.prefix!r})"
