@@ -159,10 +159,11 @@ def test_transfer_syntax_preference_order_is_stated(doc: str) -> None:
     rules = [line.strip() for line in section.splitlines() if re.match(r"\s*\d+\.\s", line)]
     assert rules == [
         "1. a lossless compressed syntax (in the order the requestor offered them);",
-        "2. Explicit VR Little Endian;",
-        "3. Implicit VR Little Endian;",
-        "4. any other encapsulated (lossy or possibly lossy) syntax, in offered order;",
-        "5. Explicit VR Big Endian (retired) or Deflated Explicit VR Little Endian, "
+        "2. a lossy (or possibly lossy) compressed syntax, when the requestor offered it first;",
+        "3. Explicit VR Little Endian;",
+        "4. Implicit VR Little Endian;",
+        "5. any other lossy (or possibly lossy) compressed syntax, in offered order;",
+        "6. Explicit VR Big Endian (retired) or Deflated Explicit VR Little Endian, "
         "only when nothing else is offered.",
     ]
 
@@ -184,6 +185,9 @@ def test_documented_preference_order_is_the_codes() -> None:
         picked.append(choice)
         offered.remove(choice)
     assert picked == [jpeg_ls_lossless, explicit, implicit, jpeg_baseline, big_endian]
+    # Rule 2: a lossy syntax offered first is taken before the uncompressed ones.
+    assert choose_transfer_syntax([jpeg_baseline, explicit, implicit]) == jpeg_baseline
+    assert choose_transfer_syntax([jpeg_baseline, jpeg_ls_lossless, explicit]) == jpeg_ls_lossless
 
 
 def test_every_uid_in_the_document_is_well_formed(doc: str) -> None:

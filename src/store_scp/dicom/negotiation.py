@@ -40,11 +40,12 @@ def choose_transfer_syntax(offered: Iterable[str], *, encapsulated_ok: bool = Tr
 
     Preference (documented in docs/conformance.md):
     1. a lossless compressed syntax, in the requestor's order (keep the sender's bytes);
-    2. Explicit VR Little Endian; 3. Implicit VR Little Endian;
-    4. any other encapsulated (lossy or possibly lossy) syntax, in the requestor's order: a
-       sender that offers it with an uncompressed syntax could otherwise compress lossily for
-       us, so it is taken only when no uncompressed syntax is offered;
-    5. Explicit VR Big Endian (retired) or Deflated Explicit VR Little Endian, only when
+    2. a lossy (or possibly lossy) compressed syntax that the requestor offered first: it
+       most likely holds the object that way and may not be able to decompress it;
+    3. Explicit VR Little Endian; 4. Implicit VR Little Endian;
+    5. any other lossy compressed syntax, in the requestor's order: behind the uncompressed
+       ones, so that a sender holding uncompressed pixels is not invited to compress lossily;
+    6. Explicit VR Big Endian (retired) or Deflated Explicit VR Little Endian, only when
        nothing else is offered.
     """
     known = [uid for uid in offered if uid in uids.TRANSFER_SYNTAXES]
@@ -53,6 +54,8 @@ def choose_transfer_syntax(offered: Iterable[str], *, encapsulated_ok: bool = Tr
             ts = uids.TRANSFER_SYNTAXES[uid]
             if ts.encapsulated and ts.lossless:
                 return uid
+        if known and uids.TRANSFER_SYNTAXES[known[0]].encapsulated:
+            return known[0]
     for uid in _UNCOMPRESSED_PREFERENCE:
         if uid in known:
             return uid
