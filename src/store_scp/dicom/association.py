@@ -174,8 +174,9 @@ for _state in (S.STA3, S.STA5, S.STA6, S.STA7, S.STA8, S.STA9, S.STA10, S.STA11,
     TRANSITIONS[(_state, E.ABORT_PRIMITIVE)] = ("aa1", S.STA13)
     TRANSITIONS[(_state, E.ABORT_PDU)] = ("aa3", S.STA1)
     TRANSITIONS[(_state, E.TRANSPORT_CLOSED)] = ("aa4", S.STA1)
-for _evt in (E.AC_PDU, E.RJ_PDU, E.PDATA_PDU, E.RELEASE_RQ_PDU, E.RELEASE_RP_PDU, E.INVALID_PDU):
+for _evt in (E.AC_PDU, E.RJ_PDU, E.PDATA_PDU, E.RELEASE_RQ_PDU, E.RELEASE_RP_PDU):
     TRANSITIONS[(S.STA13, _evt)] = ("aa6", S.STA13)
+TRANSITIONS[(S.STA13, E.INVALID_PDU)] = ("aa7", S.STA13)
 
 _PDU_EVENTS: dict[type, Evt] = {
     P.AssociateRQ: E.RQ_PDU,
@@ -304,8 +305,12 @@ class Association:
 
     def send_abort(self, reason: int = ABORT_REASON_NOT_SPECIFIED) -> None:
         """A-ABORT request from the local user (always allowed; a no-op when idle)."""
-        if self.state in (State.STA1, State.STA13):
+        if self.state in (State.STA1, State.STA2, State.STA13):
+            # Nothing to abort (no association yet, or already ending): just close.
+            if self.state is State.STA2:
+                self.state = State.STA1
             self.should_close = True
+            self.artim_running = False
             return
         self._pending = P.Abort(ABORT_SOURCE_USER, reason)
         self._handle(E.ABORT_PRIMITIVE, local=True)

@@ -174,7 +174,9 @@ def _encode_value(vr: str, value: Any) -> bytes:
         return struct.pack("<L", value)
     if vr == _AT:
         return struct.pack("<HH", value >> 16, value & 0xFFFF)
-    raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+    # Command strings are ASCII (UIDs, AE titles, our own comments); never fail a response
+    # over a stray character.
+    raw = value.encode("ascii", "replace") if isinstance(value, str) else bytes(value)
     if len(raw) % 2:
         raw += b"\x00" if vr == _UI else b" "
     return raw

@@ -42,6 +42,11 @@ _LONG_VRS = {
 }  # fmt: skip
 #: How many bytes of header we are willing to hold while looking for the UIDs.
 MAX_PENDING = 64 * 1024
+#: Values we read (UIDs, limited elements) are short; a longer one is measured, not read.
+_MAX_KEPT_VALUE = 4096
+#: Inflated bytes per step, and the most a deflated header may inflate to before the UIDs.
+_INFLATE_STEP = 64 * 1024
+MAX_INFLATED_HEADER = 256 * 1024 * 1024
 
 
 class HeaderError(Exception):
@@ -70,6 +75,7 @@ class HeaderScanner:
         self._u16 = struct.Struct(self._endian + "H")
         self._u32 = struct.Struct(self._endian + "L")
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
+        self._inflated = 0
         self._buf = bytearray()
         self._skip = 0  # value bytes still to skip before the next header
         self._offset = 0  # stream offset of _buf[0]
@@ -87,11 +93,27 @@ class HeaderScanner:
     def feed(self, data: bytes | memoryview) -> None:
         if self.done:
             return
-        if self._inflater is not None:
+        if self._inflater is None:
+            self._consume(data)
+            return
+        # Inflate in bounded steps: a small deflated fragment can expand a thousandfold.
+        tail: bytes | memoryview = data
+        while tail and not self.done:
             try:
-                data = self._inflater.decompress(data)
+                out = self._inflater.decompress(tail, _INFLATE_STEP)
             except zlib.error as exc:
                 raise HeaderError(f"deflated dataset cannot be inflated: {exc}") from None
+            rest = self._inflater.unconsumed_tail
+            self._inflated += len(out)
+            if self._inflated > MAX_INFLATED_HEADER:
+                raise HeaderError("deflated dataset header too large to parse")
+            if out:
+                self._consume(out)
+            elif len(rest) == len(tail):
+                break  # zlib wants more input
+            tail = rest
+
+    def _consume(self, data: bytes | memoryview) -> None:
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n
@@ -173,7 +195,13 @@ class HeaderScanner:
                 levels.append(explicit and vr != b"UN")
                 pos += header
                 continue
-            if not levels and (tag in _WANTED or tag in LENGTH_LIMITS):
+            if not levels and (tag in _WANTED or tag in LENGTH_LIMITS) and length > _MAX_KEPT_VALUE:
+                # Too long to be valid: a limited element is recorded by its length, a UID
+                # is left unset (the object then fails validation); either way it is skipped.
+                if tag in LENGTH_LIMITS:
+                    keyword, _limit = LENGTH_LIMITS[tag]
+                    self.info.over_limits[keyword] = length
+            elif not levels and (tag in _WANTED or tag in LENGTH_LIMITS):
                 if len(buf) - pos < header + length:
                     break  # wait for the whole (short) value
                 raw = bytes(buf[pos + header : pos + header + length])

@@ -134,9 +134,9 @@ def negotiate(rq: P.AssociateRQ, policy: Policy) -> Outcome:
             results.append(P.PresentationContextAC(pc.id, P.PCResult.ABSTRACT_SYNTAX_NOT_SUPPORTED))
             continue
         role = proposed_roles.get(abstract)
-        if role is not None and not role.scu_role and not is_verification:
-            # The requestor offers only to be the SCP of a storage class: we never send, so
-            # the context is useless to it (PS3.7 D.3.3.4).
+        if role is not None and not role.scu_role:
+            # The requestor offers only to be the SCP: we are never the SCU, so the context
+            # is useless to it, and a role proposed as 0 may not be accepted (PS3.7 D.3.3.4).
             results.append(P.PresentationContextAC(pc.id, P.PCResult.USER_REJECTION))
             continue
         syntax = choose_transfer_syntax(pc.transfer_syntaxes, encapsulated_ok=not is_verification)

@@ -345,6 +345,8 @@ def decode_body(pdu_type: int, body: memoryview) -> PDU:
         return decode_pdata(body)
     if pdu_type in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC):
         return _decode_associate(pdu_type, body)
+    if pdu_type not in (A_ASSOCIATE_RJ, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
+        raise PDUError(f"unrecognized PDU type 0x{pdu_type:02X}", reason=1)
     if len(body) != _FIXED_BODY:
         raise PDUError(f"PDU type 0x{pdu_type:02X} must have a 4-byte body, has {len(body)}")
     if pdu_type == A_ASSOCIATE_RJ:
@@ -353,9 +355,7 @@ def decode_body(pdu_type: int, body: memoryview) -> PDU:
         return ReleaseRQ()
     if pdu_type == A_RELEASE_RP:
         return ReleaseRP()
-    if pdu_type == A_ABORT:
-        return Abort(body[2], body[3])
-    raise PDUError(f"unrecognized PDU type 0x{pdu_type:02X}", reason=1)
+    return Abort(body[2], body[3])
 
 
 class PDUReader:
@@ -404,7 +404,11 @@ class PDUReader:
         if len(self._buf) < PDU_HEADER.size:
             return PDU_HEADER.size
         pdu_type, length = PDU_HEADER.unpack_from(self._buf, 0)
-        self._check_header(pdu_type, length)
+        try:
+            self._check_header(pdu_type, length)
+        except PDUError:
+            self._buf.clear()  # the stream is dead: keep nothing of it
+            raise
         return PDU_HEADER.size + length
 
     def feed(self, data: bytes) -> list[PDU]:
@@ -415,6 +419,14 @@ class PDUReader:
         """
         out: list[PDU] = []
         if self._buf:
+            if len(self._buf) < PDU_HEADER.size:
+                # Complete the header first, so a bad one is refused before its body is kept.
+                take = PDU_HEADER.size - len(self._buf)
+                self._buf += data[:take]
+                data = data[take:]
+                if len(self._buf) < PDU_HEADER.size:
+                    return out
+                self._needed()  # raises on a bad header
             self._buf += data
             if len(self._buf) < self._needed():
                 return out  # still inside one PDU: no copy, no decode
@@ -569,11 +581,14 @@ def _uid(uid: str) -> bytes:
 
 
 def _u16_prefixed(raw: bytes) -> bytes:
+    if len(raw) > 0xFFFF:
+        raise PDUError(f"field of {len(raw)} bytes cannot be encoded with a 2-byte length")
     return struct.pack(">H", len(raw)) + raw
 
 
 def _ae(title: str) -> bytes:
-    raw = title.encode("ascii")
+    # latin-1: an AE title decoded from a peer's bytes encodes back to the same bytes.
+    raw = title.encode("latin-1", "replace")
     if not 0 < len(raw) <= 16:
         raise PDUError(f"AE title must be 1-16 characters, got {len(raw)}")
     return raw.ljust(16)
