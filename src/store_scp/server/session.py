@@ -91,9 +91,13 @@ class Session(asyncio.BufferedProtocol):
         # uvloop's transports do not subclass asyncio.Transport, but have its interface.
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername")
-        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        self.sock = transport.get_extra_info("socket")
-        if not self.server.peer_allowed(peername[0] if peername else ""):
+        if not peername:
+            # Reset before we could see it (a load-balancer probe, a port scan): not news.
+            self.closed = True
+            transport.abort()
+            return
+        self.peer = f"{peername[0]}:{peername[1]}"
+        if not self.server.peer_allowed(peername[0]):
             # DICOM has no rejection reason for an address: close before any PDU.
             metrics.ASSOCIATIONS.labels(result="refused_cidr").inc()
             log.warning(
@@ -103,12 +107,13 @@ class Session(asyncio.BufferedProtocol):
             self.closed = True
             transport.abort()
             return
-        if self.sock is not None:
-            self.server.tune_socket(self.sock)
+        raw_sock = transport.get_extra_info("socket")
+        if raw_sock is not None:
+            self.server.tune_socket(raw_sock)
             # uvloop hands out a pseudo-socket whose every call costs an extra syscall; a
-            # duplicate of the descriptor is a real socket for the per-read TCP_QUICKACK.
+            # duplicate of the descriptor is a real socket (ours to close) for TCP_QUICKACK.
             try:
-                self.sock = socket.socket(fileno=os.dup(self.sock.fileno()))
+                self.sock = socket.socket(fileno=os.dup(raw_sock.fileno()))
             except OSError:
                 self.sock = None
         self.server.sessions.add(self)
@@ -240,8 +245,11 @@ class Session(asyncio.BufferedProtocol):
         self._close()
 
     def _drain(self) -> None:
-        while self._events and not self._busy and not self.closed:
-            self._dispatch(self._events.popleft())
+        while self._events and not self._busy:
+            event = self._events.popleft()
+            # Once closed only an abort still matters: it is logged.
+            if not self.closed or isinstance(event, A.Aborted):
+                self._dispatch(event)
         while self._backlog and not self._busy and not self.closed:
             self._feed(self._backlog.pop(0))
 

@@ -173,6 +173,7 @@ class StoreOperation:
             return
         scanner = self._scanner
         assert scanner is not None
+        was_known = scanner.file_meta_known
         try:
             if not scanner.done:
                 scanner.feed(data)
@@ -180,14 +181,21 @@ class StoreOperation:
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, f"data set header: {exc}")
             self.discard()
             return
-        if self._pending or not scanner.file_meta_known:
+        if was_known:
+            self._write(data)
+        elif scanner.file_meta_known:
+            # The start of the dataset is now known: write what came, less any group 0002.
+            pending, self._pending = self._pending, []
+            self._write_from(scanner.info.file_meta_prefix, [*pending, data])
+        else:
             self._pending.append(bytes(data))  # `data` may be a reused read buffer
-            if scanner.file_meta_known:
-                self._flush_pending(scanner.info.file_meta_prefix)
-            return
-        self._write(data)
 
     def _flush_pending(self, skip: int) -> None:
+        pending, self._pending = self._pending, []
+        self._write_from(skip, pending)
+
+    def _write_from(self, skip: int, chunks: list[bytes | memoryview]) -> None:
+        """Write the dataset `chunks`, leaving out their first `skip` bytes (group 0002)."""
         if skip and self._deflated:
             # Group 0002 inside a deflated stream cannot be cut out without re-encoding.
             self.failure = StoreFailure(
@@ -196,8 +204,7 @@ class StoreOperation:
             )
             self.discard()
             return
-        pending, self._pending = self._pending, []
-        for chunk in pending:
+        for chunk in chunks:
             if skip >= len(chunk):
                 skip -= len(chunk)
                 continue
