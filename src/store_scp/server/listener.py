@@ -59,8 +59,8 @@ class Server:
         self.max_associations = max(1, math.ceil(settings.max_associations / process_count))
         self.max_per_ae = settings.max_associations_per_ae
         self.batches = BatchAllocator()
-        # A commit that fsyncs or uploads blocks: it runs in the pool. A plain rename does not.
-        self.commit_in_thread = getattr(store, "fsync", True) or settings.object_store != "local"
+        self._local = settings.object_store == "local"
+        self._local_fsync = bool(getattr(store, "fsync", True))
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-io")
         self.receipts = ReceiptWriter(tracker)
         self.sessions: set[Session] = set()
@@ -109,6 +109,19 @@ class Server:
         else:
             self.per_ae.pop(calling_ae, None)
         metrics.ASSOCIATIONS_ACTIVE.set(self.active)
+
+    def commit_in_thread(self) -> bool:
+        """Whether a commit should run in the thread pool rather than on the event loop.
+
+        An upload always does. A local commit without fsync is a rename: cheaper inline than
+        a hop to a thread and back. A local commit with fsync blocks for the disk's flush
+        latency (a fraction of a millisecond): inline while this is the only association,
+        since nobody else waits and the hop would cost about as much again; in the pool as
+        soon as others are active, so that one association's flush never stalls another's.
+        """
+        if not self._local:
+            return True
+        return self._local_fsync and self.active > 1
 
     def tune_socket(self, sock: socket.socket) -> None:
         try:

@@ -475,8 +475,7 @@ class Session(asyncio.BufferedProtocol):
             op.discard()
             self._answer_store(ctx_id, command, failure, op=op)
             return
-        if not self.server.commit_in_thread:
-            # A commit without fsync is a rename: cheaper inline than a thread hop.
+        if not self.server.commit_in_thread():
             self._commit_done(ctx_id, command, op, stored, self._commit_sync(stored))
             return
         # Durable commit in a worker thread; reading pauses so the peer cannot run ahead.
