@@ -462,6 +462,7 @@ class Session(asyncio.BufferedProtocol):
             calling_ae=self.calling_ae,
             max_object_size=self.settings.max_object_size,
             refuse=refuse,
+            early_writeback=self.settings.fsync,
         )
 
     def _finish_store(self, op: StoreOperation) -> None:
