@@ -21,6 +21,7 @@ from ..pipeline.batching import BatchAllocator
 from ..storage.base import ObjectStore
 from ..tracking.base import Receipt, Tracker
 from ..tracking.writer import ReceiptWriter
+from .hashing import HashThread
 from .session import Session
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Server:
         self._local_fsync = bool(getattr(store, "fsync", True))
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-io")
         self.receipts = ReceiptWriter(tracker)
+        self.hash_thread = HashThread()
         self.sessions: set[Session] = set()
         self.active = 0
         self.per_ae: dict[str, int] = {}
@@ -190,4 +192,5 @@ class Server:
             await server.wait_closed()
         self.executor.shutdown(wait=True)
         self.receipts.close()
+        self.hash_thread.close()
         log.info("stopped")

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..dicom.negotiation import (
 )
 from ..storage.base import StorageError
 from ..tracking.base import Receipt
+from .hashing import ReadBuffers
 from .store import StoredInstance, StoreFailure, StoreOperation, drop_staging, open_staging
 from .tls import peer_common_name
 
@@ -43,8 +45,9 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _TLS_RECORD_HANDSHAKE = 0x16
 
 
-#: Receive buffer per association, reused for every read: large reads mean few system calls,
-#: reuse means no fresh pages (page faults cost more than the copy they would replace).
+#: Receive buffers per association, reused for every read (see hashing.ReadBuffers): large
+#: reads mean few system calls, reuse means no fresh pages (page faults cost more than the
+#: copy they would replace).
 READ_BUFFER_SIZE = 256 * 1024
 
 
@@ -81,6 +84,7 @@ class Session(asyncio.BufferedProtocol):
         self._events: collections.deque[A.Event] = collections.deque()
         self._backlog: list[bytes] = []  # bytes read while a commit was in flight
         self._watchdog: asyncio.TimerHandle | None = None
+        self._buffers = ReadBuffers(READ_BUFFER_SIZE)
         self._rbuf: memoryview | None = None
         # A staging file opened while the peer prepares its next object, off the latency path
         self._spare: tuple[int, Path] | None = None
@@ -124,8 +128,7 @@ class Session(asyncio.BufferedProtocol):
         self._arm_watchdog()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._rbuf is None:
-            self._rbuf = memoryview(bytearray(READ_BUFFER_SIZE))
+        self._rbuf = self._buffers.get()
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -463,7 +466,12 @@ class Session(asyncio.BufferedProtocol):
             max_object_size=self.settings.max_object_size,
             refuse=refuse,
             early_writeback=self.settings.fsync,
+            hash_thread=self.server.hash_thread,
+            leases=self._current_leases,
         )
+
+    def _current_leases(self) -> list[threading.Event]:
+        return self._buffers.current
 
     def _finish_store(self, op: StoreOperation) -> None:
         command = self._command

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import itertools
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..dicom import dimse, uids
 from ..dicom.header import HeaderError, HeaderInfo, HeaderScanner, file_meta
+from .hashing import HashThread, StreamHash
 
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _staging_counter = itertools.count()
@@ -135,6 +136,8 @@ class StoreOperation:
         refuse: StoreFailure | None = None,
         staging: tuple[int, Path] | None = None,
         early_writeback: bool = False,
+        hash_thread: HashThread | None = None,
+        leases: Callable[[], list[threading.Event]] | None = None,
     ) -> None:
         """`staging`: a staging file opened in advance (see open_staging), else one is made."""
         self.started = time.monotonic()
@@ -146,7 +149,8 @@ class StoreOperation:
         self.failure = refuse
         self._fd = -1
         self.staging: Path | None = None
-        self._hash = hashlib.sha256()
+        self._hash = StreamHash(hash_thread)
+        self._leases = leases  # the current read buffer's leases, for hand-overs
         self._pending: list[bytes | memoryview] = []  # bytes held until group 0002 is known
         self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
@@ -250,7 +254,7 @@ class StoreOperation:
         except OSError as exc:
             self._fail_io(exc)
             return
-        self._hash.update(data)
+        self._hash.update(data, self._leases() if self._leases else None)
         self._written += len(data)
         if 0 < self._writeback_at <= self._written and _start_writeback is not None:
             _start_writeback(self._fd)
