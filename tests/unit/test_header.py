@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.data import get_testdata_files
+from pydicom.data.data_manager import DATA_ROOT, external_data_sources
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -197,12 +197,15 @@ def _dataset_start(raw: bytes) -> int:
 
 
 def _readable_test_files() -> list[tuple[str, Path]]:
+    """Files bundled with pydicom and with the pydicom-data package: local only, so nothing is
+    ever downloaded (get_testdata_files would try the network for what is missing)."""
+    roots = [Path(DATA_ROOT) / "test_files"]
+    roots += [Path(src.data_path) for src in external_data_sources().values()]
     out = []
-    for name in sorted(get_testdata_files()):
-        path = Path(name)
-        if not path.is_file():
-            continue  # never download; folders of DICOMDIR trees are walked as their files
-        out.append((path.name, path))
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix.lower() in (".dcm", "") and path.stat().st_size:
+                out.append((path.name, path))
     return out
 
 
