@@ -142,7 +142,9 @@ def test_schema(db_path: Path) -> None:
     SqliteTracker(db_path).close()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (version,) for version in range(1, SCHEMA_VERSION + 1)
+        ]
         columns = {row[1] for row in conn.execute("PRAGMA table_info(receipts)")}
         assert (
             set(Receipt.__dataclass_fields__)
@@ -153,6 +155,12 @@ def test_schema(db_path: Path) -> None:
                 "is_primary",
                 "job_id",
                 "reason",
+                # Version 2: the newest attempt, and the cleanup beside the outcome.
+                "attempt",
+                "job_batch_id",
+                "image_set_version",
+                "cleanup_action",
+                "cleanup_at",
             }
             == columns
         )
@@ -175,9 +183,10 @@ def test_schema(db_path: Path) -> None:
     # A state outside the state machine is refused by the database itself.
     with sqlite3.connect(db_path) as conn, pytest.raises(sqlite3.IntegrityError):
         conn.execute(
-            "INSERT INTO receipts VALUES"
-            " ('k', 'b', 'i', 'c', 's', 'se', 't', 1, 'h', 'ae', '', 0, 'LOST', 0,"
-            " NULL, NULL, NULL, NULL)"
+            "INSERT INTO receipts (key, batch_id, sop_instance_uid, sop_class_uid,"
+            " study_instance_uid, series_instance_uid, transfer_syntax_uid, size, sha256,"
+            " calling_ae, peer, received_at, state, state_changed_at) VALUES"
+            " ('k', 'b', 'i', 'c', 's', 'se', 't', 1, 'h', 'ae', '', 0, 'LOST', 0)"
         )
 
 
@@ -187,7 +196,7 @@ def test_reopen_keeps_rows_and_does_not_migrate_again(db_path: Path) -> None:
     with SqliteTracker(db_path) as tracker:
         assert tracker.known_keys(["b/1.dcm"]) == {"b/1.dcm"}
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_refuses_a_database_from_a_newer_release(db_path: Path) -> None:
@@ -281,7 +290,7 @@ def test_many_processes_write_one_file(db_path: Path) -> None:
         assert tracker.known_keys(every_key) == set(every_key)
         assert tracker.counts_by_state()["RECEIVED"] == unique
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def _use_inherited(tracker: SqliteTracker, results: object) -> None:
@@ -307,3 +316,28 @@ def test_tracker_inherited_through_fork_opens_its_own_connection(
     assert child.exitcode == 0
     # The parent's connection still works after the child closed its own.
     assert tracker.known_keys(["b/parent.dcm", "b/child.dcm"]) == {"b/parent.dcm", "b/child.dcm"}
+
+
+def _open_and_close(path: str, results: multiprocessing.Queue[str]) -> None:
+    try:
+        SqliteTracker(Path(path)).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which fails the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Receivers forked together (--processes N) all open the same new tracker file: the WAL
+    switch and the first migration must not fail any of them."""
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for i in range(25):
+        results: multiprocessing.Queue[str] = ctx.Queue()
+        path = str(tmp_path / f"t{i}.sqlite3")
+        procs = [ctx.Process(target=_open_and_close, args=(path, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
+    assert failures == []

@@ -33,31 +33,59 @@ replayed can switch this connection to `PRAGMA synchronous=FULL` around its own 
 Schema
 ------
 `receipts` holds one row per receipt (one received copy of a SOP instance), keyed by its object
-key: every `Receipt` field, then the receipt's fate (`state`, `state_changed_at`, and for the
-import pipeline `image_set_id`, `is_primary`, `job_id`, `reason`). `schema_version` lists the
-migrations applied; `_MIGRATIONS` is applied in order at open, each in one transaction, so a
-newer release only appends to it.
+key: every `Receipt` field, then the receipt's fate: `state`, `state_changed_at`, the newest
+attempt (`attempt`, its job's batch `job_batch_id` and `job_id`) and its outcome
+(`image_set_id`, `is_primary`, `image_set_version`, `reason`), and the cleanup recorded beside
+it (`cleanup_action`, `cleanup_at`). `attempts` keeps every attempt, keyed by (key, attempt).
+`batches` holds one row per batch (owner, lease, state, counts), `jobs` one row per job, keyed
+by the batch id it imports. `schema_version` lists the migrations applied; `_MIGRATIONS` is
+applied in order at open, each in one transaction, so a newer release only appends to it.
+
+Conditional writes (the transitions, seal, job start) read and write inside one BEGIN IMMEDIATE
+transaction: with the write lock held from the start, the check and the write cannot be split
+by another thread or process. The ordering rules of `tracking.base` are checked against the
+other receipts of the same SOP instance in that same transaction.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
-from store_scp.tracking.base import Receipt, State
+from store_scp.tracking.base import (
+    SUPERSEDED_REASON,
+    Admission,
+    Attempt,
+    Batch,
+    BatchNotSealedError,
+    BatchState,
+    ImportedInstance,
+    Job,
+    JobStatus,
+    Receipt,
+    ReceiptStatus,
+    State,
+    job_status_allowed_from,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteTracker", "TrackerSchemaError"]
 
 log = logging.getLogger(__name__)
 
 _STATES = ", ".join(f"'{state.value}'" for state in State)
+_BATCH_STATES = ", ".join(f"'{state.value}'" for state in BatchState)
+_JOB_STATUSES = ", ".join(f"'{status.value}'" for status in JobStatus)
 
 #: Migrations, in order: entry i brings the schema from version i to version i + 1. Never edit
 #: an entry once released; append a new one.
@@ -96,6 +124,85 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The receipts of a batch, when it is sealed and when its job's results come back.
         "CREATE INDEX receipts_by_batch ON receipts (batch_id)",
     ),
+    # Version 2: the import pipeline: attempts, cleanup, batches and jobs.
+    (
+        # The newest attempt (0: none yet) and the batch whose job runs or ran it.
+        "ALTER TABLE receipts ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE receipts ADD COLUMN job_batch_id TEXT",
+        "ALTER TABLE receipts ADD COLUMN image_set_version TEXT",
+        # Cleanup, beside the outcome.
+        "ALTER TABLE receipts ADD COLUMN cleanup_action TEXT",
+        "ALTER TABLE receipts ADD COLUMN cleanup_at REAL",
+        f"""
+        CREATE TABLE attempts (
+            key                 TEXT NOT NULL REFERENCES receipts (key),
+            attempt             INTEGER NOT NULL CHECK (attempt >= 1),
+            batch_id            TEXT,
+            job_id              TEXT,
+            started_at          REAL NOT NULL,
+            ended_at            REAL,
+            outcome             TEXT CHECK (outcome IN ({_STATES})),
+            reason              TEXT,
+            image_set_id        TEXT,
+            is_primary          INTEGER CHECK (is_primary IN (0, 1)),
+            image_set_version   TEXT,
+            PRIMARY KEY (key, attempt)
+        ) WITHOUT ROWID
+        """,
+        f"""
+        CREATE TABLE batches (
+            batch_id                TEXT PRIMARY KEY,
+            prefix                  TEXT NOT NULL,
+            owner                   TEXT NOT NULL,
+            state                   TEXT NOT NULL CHECK (state IN ({_BATCH_STATES})),
+            lease_seconds           REAL NOT NULL,
+            lease_expires_at        REAL NOT NULL,
+            opened_at               REAL NOT NULL,
+            sealed_at               REAL,
+            sealed_by               TEXT,
+            files                   INTEGER NOT NULL DEFAULT 0,
+            bytes                   INTEGER NOT NULL DEFAULT 0,
+            first_receipt_at        REAL,
+            last_receipt_at         REAL,
+            open_associations       INTEGER NOT NULL DEFAULT 0,
+            last_association_end_at REAL
+        )
+        """,
+        # Open batches (seal policy), sealed batches waiting for a job.
+        "CREATE INDEX batches_by_state ON batches (state, opened_at)",
+        # renew_lease: the open batches of one owner.
+        "CREATE INDEX batches_by_owner ON batches (owner) WHERE state = 'OPEN'",
+        f"""
+        CREATE TABLE jobs (
+            batch_id        TEXT PRIMARY KEY REFERENCES batches (batch_id),
+            prefix          TEXT NOT NULL,
+            client_token    TEXT NOT NULL,
+            job_name        TEXT NOT NULL,
+            job_id          TEXT,
+            status          TEXT NOT NULL CHECK (status IN ({_JOB_STATUSES})),
+            message         TEXT NOT NULL DEFAULT '',
+            counts          TEXT NOT NULL DEFAULT '{{}}',
+            created_at      REAL NOT NULL,
+            submitted_at    REAL,
+            updated_at      REAL NOT NULL,
+            ended_at        REAL,
+            output_uri      TEXT,
+            results_at      REAL,
+            cleaned_at      REAL
+        )
+        """,
+        "CREATE INDEX jobs_by_job_id ON jobs (job_id) WHERE job_id IS NOT NULL",
+        "CREATE INDEX jobs_by_status ON jobs (status, created_at)",
+        # Receipts recorded before this version belong to batches nobody owns any more: they
+        # become OPEN, unowned, with an expired lease, so any worker seals them.
+        """
+        INSERT INTO batches (batch_id, prefix, owner, state, lease_seconds, lease_expires_at,
+                             opened_at, files, bytes, first_receipt_at, last_receipt_at)
+        SELECT batch_id, batch_id || '/', '', 'OPEN', 0, 0, MIN(received_at), COUNT(*),
+               SUM(size), MIN(received_at), MAX(received_at)
+        FROM receipts WHERE batch_id <> '' GROUP BY batch_id
+        """,
+    ),
 )
 
 #: The schema version this code writes.
@@ -113,6 +220,40 @@ _INSERT_RECEIPT = (
     f"INSERT INTO receipts ({', '.join(_RECEIPT_COLUMNS)}, state, state_changed_at) "
     f"VALUES ({', '.join('?' * len(_RECEIPT_COLUMNS))}, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
+# New receipts count in their batch; a batch seen for the first time is OPEN and unowned.
+_COUNT_IN_BATCH = """
+    INSERT INTO batches (batch_id, prefix, owner, state, lease_seconds, lease_expires_at,
+                         opened_at, files, bytes, first_receipt_at, last_receipt_at)
+    VALUES (:batch_id, :prefix, '', 'OPEN', 0, 0, :first, :files, :bytes, :first, :last)
+    ON CONFLICT (batch_id) DO UPDATE SET
+        files = files + excluded.files,
+        bytes = bytes + excluded.bytes,
+        first_receipt_at = MIN(COALESCE(first_receipt_at, excluded.first_receipt_at),
+                               excluded.first_receipt_at),
+        last_receipt_at = MAX(COALESCE(last_receipt_at, excluded.last_receipt_at),
+                              excluded.last_receipt_at)
+"""
+
+#: ReceiptStatus fields, in order, from `receipts r LEFT JOIN jobs j`.
+_STATUS_COLUMNS = ", ".join(
+    "COALESCE(j.job_id, r.job_id)" if f.name == "job_id" else f"r.{f.name}"
+    for f in fields(ReceiptStatus)
+)
+_STATUS_FROM = "FROM receipts r LEFT JOIN jobs j ON j.batch_id = r.job_batch_id"
+_SELECT_STATUS = f"SELECT {_STATUS_COLUMNS} {_STATUS_FROM}"
+#: One instance per SOP Instance UID; a receipt without one (an unreadable object) is its own.
+_INSTANCE = "CASE WHEN r.sop_instance_uid = '' THEN r.key ELSE r.sop_instance_uid END"
+_NEWEST_FIRST = (
+    f"ROW_NUMBER() OVER (PARTITION BY {_INSTANCE} ORDER BY r.received_at DESC, r.key DESC)"
+)
+
+_ATTEMPT_COLUMNS = ", ".join(
+    "COALESCE(a.job_id, j.job_id)" if f.name == "job_id" else f"a.{f.name}" for f in fields(Attempt)
+)
+_BATCH_COLUMNS = ", ".join(f.name for f in fields(Batch))
+_JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
+
+_FINAL = (State.IMPORTED.value, State.FAILED.value)
 
 
 class TrackerSchemaError(RuntimeError):
@@ -141,36 +282,50 @@ class SqliteTracker:
             self._conn = None
             raise
 
-    # -- the Tracker port ------------------------------------------------------------------
+    # -- receipts, as the receiver writes them ----------------------------------------------
 
     def record_receipt(self, receipt: Receipt) -> bool:
         """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
-        values = tuple(getattr(receipt, column) for column in _RECEIPT_COLUMNS)
-        with self._lock:
-            cursor = self._connection().execute(
-                _INSERT_RECEIPT, (*values, State.RECEIVED.value, time.time())
-            )
-            return cursor.rowcount == 1
+        return self.record_receipts([receipt]) == 1
 
     def record_receipts(self, receipts: Sequence[Receipt]) -> int:
-        """Insert many RECEIVED rows in one transaction; returns how many were new."""
+        """Insert many RECEIVED rows in one transaction; returns how many were new. New rows
+        count in their batch (created OPEN and unowned if unknown)."""
+        if not receipts:
+            return 0
         now = time.time()
-        rows = [
-            (*(getattr(r, column) for column in _RECEIPT_COLUMNS), State.RECEIVED.value, now)
-            for r in receipts
-        ]
-        with self._lock:
-            conn = self._connection()
-            before = conn.total_changes
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT_RECEIPT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return conn.total_changes - before
+        per_batch: dict[str, list[float]] = {}  # batch id -> [files, bytes, first, last]
+        new = 0
+        with self._write() as conn:
+            for r in receipts:
+                values = tuple(getattr(r, column) for column in _RECEIPT_COLUMNS)
+                cursor = conn.execute(_INSERT_RECEIPT, (*values, State.RECEIVED.value, now))
+                if cursor.rowcount != 1:
+                    continue
+                new += 1
+                if not r.batch_id:
+                    continue  # no prefix to import: never a batch
+                agg = per_batch.get(r.batch_id)
+                if agg is None:
+                    per_batch[r.batch_id] = [1, r.size, r.received_at, r.received_at]
+                else:
+                    agg[0] += 1
+                    agg[1] += r.size
+                    agg[2] = min(agg[2], r.received_at)
+                    agg[3] = max(agg[3], r.received_at)
+            for batch_id, (files, size, first, last) in per_batch.items():
+                conn.execute(
+                    _COUNT_IN_BATCH,
+                    {
+                        "batch_id": batch_id,
+                        "prefix": f"{batch_id}/",
+                        "files": int(files),
+                        "bytes": int(size),
+                        "first": first,
+                        "last": last,
+                    },
+                )
+        return new
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
         """The subset of `keys` that already has a row."""
@@ -189,6 +344,426 @@ class SqliteTracker:
             rows = self._connection().execute(query, (sop_instance_uid,)).fetchall()
         return [Receipt(*row) for row in rows]
 
+    # -- receipt transitions ----------------------------------------------------------------
+
+    def mark_importing(
+        self,
+        keys: Iterable[str],
+        batch_id: str,
+        *,
+        retry: bool = False,
+        now: float | None = None,
+    ) -> dict[str, Admission]:
+        """Admit receipts into the job of `batch_id`; see `tracking.base` for the rules."""
+        at = _now(now)
+        wanted = list(dict.fromkeys(keys))
+        result: dict[str, Admission] = {}
+        with self._write() as conn:
+            rows = _load(conn, wanted)
+            groups: dict[str, list[_Row]] = defaultdict(list)
+            for key in wanted:
+                row = rows.get(key)
+                if row is None:
+                    result[key] = Admission.UNKNOWN
+                else:
+                    groups[row.instance].append(row)
+            blocked = False
+            for instance in sorted(groups):
+                *older, newest = sorted(groups[instance], key=lambda r: (r.received_at, r.key))
+                if blocked:
+                    for row in (*older, newest):
+                        result[row.key] = Admission.WAITING
+                    continue
+                admission = self._admit(conn, newest, batch_id, retry, at)
+                result[newest.key] = admission
+                blocked = admission is Admission.BLOCKED
+                for row in older:
+                    # Two receipts of one instance in one call: only the newest may be imported.
+                    result[row.key] = (
+                        Admission.WAITING if blocked else _supersede(conn, row, retry, at)
+                    )
+        return {key: result[key] for key in wanted}
+
+    def mark_imported(
+        self,
+        key: str,
+        batch_id: str,
+        image_set_id: str,
+        is_primary: bool,
+        image_set_version: str | None = None,
+        *,
+        at: float | None = None,
+    ) -> bool:
+        """IMPORTING in `batch_id`'s job -> IMPORTED; True also on a replay."""
+        done = self.mark_imported_many(
+            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
+        )
+        return key in done
+
+    def mark_imported_many(
+        self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
+    ) -> set[str]:
+        """mark_imported for many, in one transaction; returns the keys IMPORTED by that job."""
+        when = _now(at)
+        outcomes = {result.key: result for result in results}
+        done: set[str] = set()
+        with self._write() as conn:
+            rows = _load(conn, outcomes)
+            for key, outcome in outcomes.items():
+                row = rows.get(key)
+                if row is None or row.job_batch_id != batch_id:
+                    continue
+                if row.state == State.IMPORTED:
+                    done.add(key)  # a replay
+                    continue
+                if row.state != State.IMPORTING:
+                    continue
+                primary = int(outcome.is_primary)
+                conn.execute(
+                    "UPDATE receipts SET state = 'IMPORTED', state_changed_at = ?,"
+                    " image_set_id = ?, is_primary = ?, image_set_version = ?, reason = NULL,"
+                    " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?) WHERE key = ?",
+                    (
+                        when,
+                        outcome.image_set_id,
+                        primary,
+                        outcome.image_set_version,
+                        batch_id,
+                        key,
+                    ),
+                )
+                conn.execute(
+                    "UPDATE attempts SET ended_at = ?, outcome = 'IMPORTED', image_set_id = ?,"
+                    " is_primary = ?, image_set_version = ?,"
+                    " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?)"
+                    " WHERE key = ? AND attempt = ?",
+                    (
+                        when,
+                        outcome.image_set_id,
+                        primary,
+                        outcome.image_set_version,
+                        batch_id,
+                        key,
+                        row.attempt,
+                    ),
+                )
+                done.add(key)
+        return done
+
+    def mark_failed(
+        self,
+        keys: Iterable[str],
+        reason: str,
+        batch_id: str | None = None,
+        *,
+        at: float | None = None,
+    ) -> set[str]:
+        """IMPORTING in `batch_id`'s job -> FAILED; or, without a batch, RECEIVED -> FAILED
+        at once. Returns the keys carrying this outcome after the call (replays included)."""
+        when = _now(at)
+        wanted = list(dict.fromkeys(keys))
+        done: set[str] = set()
+        with self._write() as conn:
+            rows = _load(conn, wanted)
+            for key in wanted:
+                row = rows.get(key)
+                if row is None:
+                    continue
+                if batch_id is None:
+                    if row.state == State.FAILED and row.job_batch_id is None:
+                        if row.reason == reason:
+                            done.add(key)  # a replay
+                    elif row.state == State.RECEIVED:
+                        _fail_without_job(conn, row, reason, when)
+                        done.add(key)
+                    continue
+                if row.job_batch_id != batch_id:
+                    continue
+                if row.state == State.FAILED:
+                    done.add(key)  # a replay
+                elif row.state == State.IMPORTING:
+                    conn.execute(
+                        "UPDATE receipts SET state = 'FAILED', state_changed_at = ?, reason = ?,"
+                        " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?) WHERE key = ?",
+                        (when, reason, batch_id, key),
+                    )
+                    conn.execute(
+                        "UPDATE attempts SET ended_at = ?, outcome = 'FAILED', reason = ?,"
+                        " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?)"
+                        " WHERE key = ? AND attempt = ?",
+                        (when, reason, batch_id, key, row.attempt),
+                    )
+                    done.add(key)
+        return done
+
+    def record_cleanup(self, key: str, action: str, at: float | None = None) -> bool:
+        """Record the cleanup of a final receipt's object, beside its outcome."""
+        with self._lock:
+            cursor = self._connection().execute(
+                "UPDATE receipts SET cleanup_action = ?, cleanup_at = ?"
+                " WHERE key = ? AND state IN (?, ?)",
+                (action, _now(at), key, *_FINAL),
+            )
+            return cursor.rowcount == 1
+
+    # -- receipt queries --------------------------------------------------------------------
+
+    def receipt_status(self, key: str) -> ReceiptStatus | None:
+        rows = self._query(f"{_SELECT_STATUS} WHERE r.key = ?", (key,))
+        return _status(rows[0]) if rows else None
+
+    def attempts(self, key: str) -> list[Attempt]:
+        rows = self._query(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts a LEFT JOIN jobs j"
+            " ON j.batch_id = a.batch_id WHERE a.key = ? ORDER BY a.attempt",
+            (key,),
+        )
+        return [_attempt(row) for row in rows]
+
+    def receipts_in_batch(self, batch_id: str) -> list[ReceiptStatus]:
+        rows = self._query(f"{_SELECT_STATUS} WHERE r.batch_id = ? ORDER BY r.key", (batch_id,))
+        return [_status(row) for row in rows]
+
+    def superseded(self, key: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM receipts r JOIN receipts n ON n.sop_instance_uid = r.sop_instance_uid"
+            " WHERE r.key = ? AND r.sop_instance_uid <> '' AND n.state = 'IMPORTED'"
+            " AND (n.received_at > r.received_at"
+            "      OR (n.received_at = r.received_at AND n.key > r.key)) LIMIT 1",
+            (key,),
+        )
+        return bool(rows)
+
+    def receipts_blocking(self, batch_id: str) -> list[ReceiptStatus]:
+        rows = self._query(
+            f"{_SELECT_STATUS} WHERE r.state = 'IMPORTING' AND r.job_batch_id <> ?"
+            " AND r.sop_instance_uid <> '' AND r.sop_instance_uid IN"
+            " (SELECT sop_instance_uid FROM receipts WHERE batch_id = ?)"
+            " ORDER BY r.sop_instance_uid, r.key",
+            (batch_id, batch_id),
+        )
+        return [_status(row) for row in rows]
+
+    def where(self, uid: str) -> list[ReceiptStatus]:
+        rows = self._query(
+            f"SELECT * FROM (SELECT {_STATUS_COLUMNS}, {_NEWEST_FIRST} AS newest {_STATUS_FROM}"
+            " WHERE r.sop_instance_uid = ? OR r.series_instance_uid = ?"
+            " OR r.study_instance_uid = ?) WHERE newest = 1"
+            " ORDER BY study_instance_uid, series_instance_uid, sop_instance_uid, key",
+            (uid, uid, uid),
+        )
+        return [_status(row[:-1]) for row in rows]
+
+    def failures(self) -> list[ReceiptStatus]:
+        rows = self._query(
+            f"SELECT * FROM (SELECT {_STATUS_COLUMNS}, {_NEWEST_FIRST} AS newest {_STATUS_FROM}"
+            " WHERE r.sop_instance_uid IN"
+            " (SELECT sop_instance_uid FROM receipts WHERE state = 'FAILED'))"
+            " WHERE newest = 1 AND state = 'FAILED' ORDER BY received_at, key"
+        )
+        return [_status(row[:-1]) for row in rows]
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Number of receipts in each state; every state is present, zero included."""
+        counts = {state.value: 0 for state in State}
+        with self._lock:
+            rows = self._connection().execute("SELECT state, COUNT(*) FROM receipts GROUP BY state")
+            counts.update({state: count for state, count in rows})
+        return counts
+
+    def oldest_unimported_age(self, now: float | None = None) -> float | None:
+        rows = self._query(
+            "SELECT MIN(received_at) FROM receipts WHERE state IN ('RECEIVED', 'IMPORTING')"
+        )
+        oldest = rows[0][0]
+        return None if oldest is None else max(0.0, _now(now) - oldest)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def open_batch(
+        self,
+        batch_id: str,
+        prefix: str,
+        owner: str,
+        lease_seconds: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        if not batch_id or not owner:
+            raise ValueError("a batch needs an id and an owner")
+        at = _now(now)
+        with self._lock:
+            cursor = self._connection().execute(
+                "INSERT INTO batches (batch_id, prefix, owner, state, lease_seconds,"
+                " lease_expires_at, opened_at) VALUES (?, ?, ?, 'OPEN', ?, ?, ?)"
+                " ON CONFLICT (batch_id) DO UPDATE SET owner = excluded.owner,"
+                " prefix = excluded.prefix, lease_seconds = excluded.lease_seconds,"
+                " lease_expires_at = excluded.lease_expires_at"
+                " WHERE batches.state = 'OPEN' AND batches.owner IN (excluded.owner, '')",
+                (batch_id, prefix, owner, lease_seconds, at + lease_seconds, at),
+            )
+            return cursor.rowcount == 1
+
+    def renew_lease(self, owner: str, *, now: float | None = None) -> list[str]:
+        if not owner:
+            return []
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "UPDATE batches SET lease_expires_at = ? + lease_seconds"
+                    " WHERE owner = ? AND state = 'OPEN' RETURNING batch_id",
+                    (_now(now), owner),
+                )
+                .fetchall()
+            )
+        return sorted(row[0] for row in rows)
+
+    def record_associations(
+        self,
+        batch_id: str,
+        owner: str,
+        *,
+        open_associations: int,
+        last_association_end_at: float | None = None,
+    ) -> bool:
+        with self._lock:
+            cursor = self._connection().execute(
+                "UPDATE batches SET open_associations = ?,"
+                " last_association_end_at = COALESCE(?, last_association_end_at)"
+                " WHERE batch_id = ? AND owner = ? AND owner <> '' AND state = 'OPEN'",
+                (open_associations, last_association_end_at, batch_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def seal_batch(self, batch_id: str, by: str, *, now: float | None = None) -> bool:
+        at = _now(now)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE batches SET state = 'SEALED', sealed_at = ?, sealed_by = ?"
+                " WHERE batch_id = ? AND state = 'OPEN' AND (owner = ? OR lease_expires_at < ?)",
+                (at, by, batch_id, by, at),
+            )
+            if cursor.rowcount == 1:
+                return True
+            row = conn.execute(
+                "SELECT state, sealed_by FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+        return row is not None and row[0] == BatchState.SEALED and row[1] == by
+
+    def batch(self, batch_id: str) -> Batch | None:
+        rows = self._query(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_id = ?", (batch_id,))
+        return _batch(rows[0]) if rows else None
+
+    def open_batches(self) -> list[Batch]:
+        rows = self._query(
+            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state = 'OPEN'"
+            " ORDER BY opened_at, batch_id"
+        )
+        return [_batch(row) for row in rows]
+
+    def sealed_batches_without_job(self) -> list[Batch]:
+        rows = self._query(
+            f"SELECT {_BATCH_COLUMNS} FROM batches b WHERE state = 'SEALED'"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.batch_id)"
+            " ORDER BY sealed_at, batch_id"
+        )
+        return [_batch(row) for row in rows]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def record_job_start(
+        self,
+        batch_id: str,
+        client_token: str,
+        job_name: str,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        at = _now(now)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT state, prefix FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            if row is None or row[0] != BatchState.SEALED:
+                raise BatchNotSealedError(f"batch {batch_id} is not sealed")
+            cursor = conn.execute(
+                "INSERT INTO jobs (batch_id, prefix, client_token, job_name, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'STARTING', ?, ?)"
+                " ON CONFLICT (batch_id) DO NOTHING",
+                (batch_id, row[1], client_token, job_name, at, at),
+            )
+            return cursor.rowcount == 1
+
+    def set_job_id(self, batch_id: str, job_id: str, *, submitted_at: float | None = None) -> bool:
+        at = _now(submitted_at)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET job_id = ?, status = 'SUBMITTED', submitted_at = ?,"
+                " updated_at = ? WHERE batch_id = ? AND job_id IS NULL AND status = 'STARTING'",
+                (job_id, at, time.time(), batch_id),
+            )
+            if cursor.rowcount == 1:
+                return True
+            row = conn.execute("SELECT job_id FROM jobs WHERE batch_id = ?", (batch_id,)).fetchone()
+        return row is not None and row[0] == job_id
+
+    def update_job(
+        self,
+        batch_id: str,
+        *,
+        status: JobStatus | None = None,
+        message: str | None = None,
+        counts: Mapping[str, int] | None = None,
+        output_uri: str | None = None,
+        ended_at: float | None = None,
+        results_at: float | None = None,
+        cleaned_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        changes: dict[str, Any] = {
+            "status": None if status is None else JobStatus(status).value,
+            "message": message,
+            "counts": None if counts is None else _dump_counts(counts),
+            "output_uri": output_uri,
+            "ended_at": ended_at,
+            "results_at": results_at,
+            "cleaned_at": cleaned_at,
+        }
+        sets = [f"{name} = ?" for name, value in changes.items() if value is not None]
+        values: list[Any] = [value for value in changes.values() if value is not None]
+        sets.append("updated_at = ?")
+        values.append(_now(now))
+        where = "batch_id = ?"
+        values.append(batch_id)
+        if status is not None:
+            allowed = sorted(s.value for s in job_status_allowed_from(JobStatus(status)))
+            where += f" AND status IN ({', '.join('?' * len(allowed))})"
+            values.extend(allowed)
+        with self._lock:
+            cursor = self._connection().execute(
+                f"UPDATE jobs SET {', '.join(sets)} WHERE {where}", values
+            )
+            return cursor.rowcount == 1
+
+    def job(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def batch_job(self, batch_id: str) -> Job | None:
+        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id = ?", (batch_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs(self, status: JobStatus | None = None) -> list[Job]:
+        if status is None:
+            rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, batch_id")
+        else:
+            rows = self._query(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, batch_id",
+                (JobStatus(status).value,),
+            )
+        return [_job(row) for row in rows]
+
     def close(self) -> None:
         """Close the connection. Idempotent; the tracker cannot be used afterwards."""
         with self._lock:
@@ -202,14 +777,6 @@ class SqliteTracker:
     def path(self) -> Path:
         return self._path
 
-    def counts_by_state(self) -> dict[str, int]:
-        """Number of receipts in each state; every state is present, zero included."""
-        counts = {state.value: 0 for state in State}
-        with self._lock:
-            rows = self._connection().execute("SELECT state, COUNT(*) FROM receipts GROUP BY state")
-            counts.update({state: count for state, count in rows})
-        return counts
-
     def __enter__(self) -> SqliteTracker:
         return self
 
@@ -217,6 +784,65 @@ class SqliteTracker:
         self.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _admit(
+        self, conn: sqlite3.Connection, row: _Row, batch_id: str, retry: bool, at: float
+    ) -> Admission:
+        """Decide on, and apply, the admission of the newest receipt of an instance."""
+        if row.state == State.IMPORTING:
+            return Admission.ACCEPTED if row.job_batch_id == batch_id else Admission.BLOCKED
+        if row.state == State.IMPORTED:
+            return Admission.FINAL
+        if row.state == State.FAILED:
+            if row.is_superseded:
+                return Admission.SUPERSEDED
+            if not retry:
+                return Admission.FINAL
+        if row.sop_instance_uid:
+            newer_imported = conn.execute(
+                "SELECT 1 FROM receipts WHERE sop_instance_uid = ? AND state = 'IMPORTED'"
+                " AND (received_at > ? OR (received_at = ? AND key > ?)) LIMIT 1",
+                (row.sop_instance_uid, row.received_at, row.received_at, row.key),
+            ).fetchone()
+            if newer_imported:
+                return _supersede(conn, row, retry, at)
+            other_importing = conn.execute(
+                "SELECT 1 FROM receipts WHERE sop_instance_uid = ? AND state = 'IMPORTING'"
+                " AND key <> ? LIMIT 1",
+                (row.sop_instance_uid, row.key),
+            ).fetchone()
+            if other_importing:
+                return Admission.BLOCKED
+        conn.execute(
+            "UPDATE receipts SET state = 'IMPORTING', state_changed_at = ?, attempt = ?,"
+            " job_batch_id = ?, job_id = (SELECT job_id FROM jobs WHERE batch_id = ?),"
+            " image_set_id = NULL, is_primary = NULL, image_set_version = NULL, reason = NULL"
+            " WHERE key = ?",
+            (at, row.attempt + 1, batch_id, batch_id, row.key),
+        )
+        conn.execute(
+            "INSERT INTO attempts (key, attempt, batch_id, started_at) VALUES (?, ?, ?, ?)",
+            (row.key, row.attempt + 1, batch_id, at),
+        )
+        return Admission.ACCEPTED
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction, with the connection's lock held."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: autocommit; multi-statement writes use explicit BEGIN IMMEDIATE.
@@ -228,7 +854,7 @@ class SqliteTracker:
             check_same_thread=False,
         )
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 # Still correct with several processes (rollback journal), only less concurrent.
                 log.warning("tracker database could not switch to WAL (journal_mode=%s)", mode)
@@ -238,6 +864,20 @@ class SqliteTracker:
             conn.close()
             raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> str:
+        """PRAGMA journal_mode=WAL, retried: on a new file, two processes switching at once
+        get "database is locked" at once (SQLite's busy handler does not cover it)."""
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _connection(self) -> sqlite3.Connection:
         """The connection of this process; call with the lock held."""
@@ -286,12 +926,131 @@ class SqliteTracker:
                 raise
 
 
+class _Row:
+    """What a transition needs to know about one receipt."""
+
+    __slots__ = (
+        "attempt",
+        "job_batch_id",
+        "key",
+        "reason",
+        "received_at",
+        "sop_instance_uid",
+        "state",
+    )
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        (
+            self.key,
+            self.sop_instance_uid,
+            self.received_at,
+            self.state,
+            self.attempt,
+            self.job_batch_id,
+            self.reason,
+        ) = row
+
+    @property
+    def instance(self) -> str:
+        """Receipts of one instance share this; a receipt without a SOP UID is its own."""
+        return self.sop_instance_uid or f"\x00{self.key}"
+
+    @property
+    def is_superseded(self) -> bool:
+        return (
+            self.state == State.FAILED
+            and self.job_batch_id is None
+            and self.reason == SUPERSEDED_REASON
+        )
+
+
+def _load(conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, _Row]:
+    rows: dict[str, _Row] = {}
+    for chunk in _chunks(keys, _CHUNK):
+        for values in conn.execute(
+            "SELECT key, sop_instance_uid, received_at, state, attempt, job_batch_id, reason"
+            f" FROM receipts WHERE key IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            row = _Row(values)
+            rows[row.key] = row
+    return rows
+
+
+def _supersede(conn: sqlite3.Connection, row: _Row, retry: bool, at: float) -> Admission:
+    """Mark a receipt that must never be imported; FINAL if it already has an outcome."""
+    if row.is_superseded:
+        return Admission.SUPERSEDED
+    if row.state == State.RECEIVED or (row.state == State.FAILED and retry):
+        _fail_without_job(conn, row, SUPERSEDED_REASON, at)
+        return Admission.SUPERSEDED
+    return Admission.FINAL
+
+
+def _fail_without_job(conn: sqlite3.Connection, row: _Row, reason: str, at: float) -> None:
+    conn.execute(
+        "UPDATE receipts SET state = 'FAILED', state_changed_at = ?, attempt = ?,"
+        " job_batch_id = NULL, job_id = NULL, image_set_id = NULL, is_primary = NULL,"
+        " image_set_version = NULL, reason = ? WHERE key = ?",
+        (at, row.attempt + 1, reason, row.key),
+    )
+    conn.execute(
+        "INSERT INTO attempts (key, attempt, started_at, ended_at, outcome, reason)"
+        " VALUES (?, ?, ?, ?, 'FAILED', ?)",
+        (row.key, row.attempt + 1, at, at, reason),
+    )
+
+
+def _status(row: Sequence[Any]) -> ReceiptStatus:
+    values = dict(zip((f.name for f in fields(ReceiptStatus)), row, strict=True))
+    values["state"] = State(values["state"])
+    values["is_primary"] = _bool(values["is_primary"])
+    return ReceiptStatus(**values)
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    values = dict(zip((f.name for f in fields(Attempt)), row, strict=True))
+    values["outcome"] = None if values["outcome"] is None else State(values["outcome"])
+    values["is_primary"] = _bool(values["is_primary"])
+    return Attempt(**values)
+
+
+def _batch(row: Sequence[Any]) -> Batch:
+    values = dict(zip((f.name for f in fields(Batch)), row, strict=True))
+    values["state"] = BatchState(values["state"])
+    return Batch(**values)
+
+
+def _job(row: Sequence[Any]) -> Job:
+    values = dict(zip((f.name for f in fields(Job)), row, strict=True))
+    values["status"] = JobStatus(values["status"])
+    values["counts"] = {str(k): int(v) for k, v in json.loads(values["counts"] or "{}").items()}
+    return Job(**values)
+
+
+def _dump_counts(counts: Mapping[str, int]) -> str:
+    return json.dumps({str(k): int(v) for k, v in sorted(counts.items())})
+
+
+def _bool(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _now(value: float | None) -> float:
+    return time.time() if value is None else value
+
+
 def _schema_version(conn: sqlite3.Connection) -> int:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if exists is None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'receipts'").fetchone():
+    # One statement, so one snapshot: another process may be migrating this very moment.
+    names = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('schema_version', 'receipts')"
+        )
+    }
+    if "schema_version" not in names:
+        if "receipts" in names:
             raise TrackerSchemaError("database has a receipts table but no schema_version")
         return 0
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
