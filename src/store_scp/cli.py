@@ -156,7 +156,8 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
         if not stopping:
             click.echo(f"store-scp: receiver {index} exited ({status}); restarting", err=True)
             time.sleep(0.5)
-            spawn(index)
+            if not stopping:  # SIGTERM may have come during the pause
+                spawn(index)
 
 
 def _register_client_commands() -> None:
