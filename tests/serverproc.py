@@ -81,6 +81,7 @@ def start_server(
             "STORE_SCP_PORT": str(free_port()),
             "STORE_SCP_HTTP_BIND": "127.0.0.1",
             "STORE_SCP_HTTP_PORT": "-1",
+            "STORE_SCP_DATASTORE_API_PORT": "0",
             "STORE_SCP_DATA_DIR": str(data_dir),
             "STORE_SCP_SHUTDOWN_GRACE": "5",
         }

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .pipeline.policy import SealPolicy
 from .storage.base import ObjectStore
 from .tracking.base import Tracker
 
@@ -43,6 +44,27 @@ def make_tracker(settings: Settings) -> Tracker:
     from .tracking.sqlite import SqliteTracker
 
     return SqliteTracker(tracker_path(settings))
+
+
+def make_worker(
+    settings: Settings, store: ObjectStore, tracker: Tracker, *, owner: str
+) -> tuple[Any, Any]:
+    """The import pipeline on the embedded datastore (in a background thread), and that
+    datastore."""
+    from .datastore.local import LocalDatastore, import_rejection
+    from .pipeline.policy import StartLimiter
+    from .pipeline.worker import Pipeline, PipelineConfig, Worker
+
+    datastore = LocalDatastore(Path(settings.data_dir) / "datastore", fsync=settings.fsync)
+    config = PipelineConfig(
+        owner=owner,
+        limiter=StartLimiter(
+            rate_per_second=settings.import_start_rate,
+            max_concurrent_jobs=settings.max_concurrent_import_jobs,
+        ),
+    )
+    pipeline = Pipeline(tracker, store, datastore, config, importable=import_rejection)
+    return Worker(pipeline), datastore
 
 
 def install_event_loop_policy() -> None:
@@ -96,6 +118,9 @@ async def serve(
             settings.tls_cert, settings.tls_key, ca=settings.tls_ca, profile=settings.tls_profile
         )
     server = Server(settings, store, tracker, ssl_context=ssl_context, process_count=process_count)
+    server.seal_policy = SealPolicy(
+        quiet_seconds=settings.seal_quiet_seconds, max_age_seconds=settings.seal_max_age_seconds
+    )
     loop.set_exception_handler(_quiet_tls_errors)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,6 +146,18 @@ async def serve(
             reuse_port=process_count > 1,
         )
         server.ports["http"] = http_port
+    worker = api_runner = None
+    if run_reconciler and settings.pipeline == "embedded":
+        worker, datastore = make_worker(settings, store, tracker, owner=server.owner)
+        worker.start()
+        if settings.datastore_api_port >= 0:
+            from .datastore.api import start_api_server
+
+            api_runner, api_port = await start_api_server(
+                datastore, settings.datastore_api_bind, settings.datastore_api_port
+            )
+            server.ports["datastore_api"] = api_port
+
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(str(server.ports))
@@ -130,6 +167,10 @@ async def serve(
     await stop.wait()
     log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
     await server.shutdown(settings.shutdown_grace)
+    if worker is not None:
+        await loop.run_in_executor(None, worker.stop)
+    if api_runner is not None:
+        await api_runner.cleanup()
     if runner is not None:
         await runner.cleanup()
     tracker.close()

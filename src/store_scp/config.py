@@ -56,6 +56,13 @@ Timeouts (seconds, all > 0)
     ``STORE_SCP_IDLE_TIMEOUT``, ``STORE_SCP_MAX_ASSOCIATION_LIFETIME``,
     ``STORE_SCP_SHUTDOWN_GRACE``.
 
+Import pipeline
+    ``STORE_SCP_PIPELINE`` (``embedded`` or ``off``), ``STORE_SCP_DATASTORE`` (``local``),
+    ``STORE_SCP_DATASTORE_API_BIND``, ``STORE_SCP_DATASTORE_API_PORT`` (the embedded
+    datastore's HealthImaging API, loopback by default; -1 = disabled),
+    ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
+    ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``.
+
 Logging
     ``STORE_SCP_LOG_LEVEL`` (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``),
     ``STORE_SCP_LOG_PHI`` (``true`` lets patient names, IDs and birth dates reach the logs).
@@ -400,6 +407,44 @@ class Settings(BaseSettings):
         default=None, description="KMS key for SSE-KMS; default: the bucket's default encryption."
     )
     tracker: Literal["sqlite"] = Field(default="sqlite", description="Instance tracker backend.")
+
+    # import pipeline
+    pipeline: Literal["embedded", "off"] = Field(
+        default="embedded",
+        description="`embedded`: `serve` also runs the import worker; `off`: receive only "
+        "(run `store-scp worker` elsewhere).",
+    )
+    datastore: Literal["local"] = Field(
+        default="local",
+        description="Where batches are imported: `local` (the embedded HealthImaging-compatible "
+        "datastore under data_dir/datastore).",
+    )
+    datastore_api_bind: str = Field(
+        default="127.0.0.1",
+        description="Address of the embedded datastore's HealthImaging API (it returns patient "
+        "data: keep it on loopback unless access is controlled).",
+    )
+    datastore_api_port: int = Field(
+        default=8090,
+        ge=-1,
+        le=65535,
+        description="Port of the embedded datastore's HealthImaging API (0 = chosen by the OS, "
+        "-1 = disabled).",
+    )
+    seal_quiet_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seal a batch once no association writes into it and it was quiet this long.",
+    )
+    seal_max_age_seconds: float = Field(
+        default=300.0, gt=0, description="Seal a batch at this age, whatever its traffic."
+    )
+    import_start_rate: float = Field(
+        default=0.25, gt=0, description="StartDICOMImportJob calls per second, at most."
+    )
+    max_concurrent_import_jobs: int = Field(
+        default=20, ge=1, description="Import jobs running at once, at most."
+    )
 
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

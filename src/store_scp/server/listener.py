@@ -10,14 +10,18 @@ import asyncio
 import ipaddress
 import logging
 import math
+import os
+import secrets
 import socket
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..dicom.negotiation import Policy
 from ..pipeline.batching import BatchAllocator
+from ..pipeline.policy import SealPolicy
 from ..storage.base import ObjectStore
 from ..tracking.base import Receipt, Tracker
 from ..tracking.writer import ReceiptWriter
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 log = logging.getLogger("store_scp.listener")
+
+#: How long this process's batches stay its own without a renewal (renewed every third).
+LEASE_SECONDS = 60.0
 
 # An AWS NLB drops a connection idle for 350 s: probe well before that.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
@@ -59,11 +66,15 @@ class Server:
         # global limit, so the total never exceeds it.
         self.max_associations = max(1, math.ceil(settings.max_associations / process_count))
         self.max_per_ae = settings.max_associations_per_ae
-        self.batches = BatchAllocator()
+        # This process's identity as the owner of its open batches (a lease in the tracker).
+        self.owner = f"{socket.gethostname()}-{os.getpid():x}-{secrets.token_hex(3)}"
+        self.seal_policy = SealPolicy()
+        self.last_association_end = 0.0
+        self.receipts = ReceiptWriter(tracker)
+        self.batches = BatchAllocator(on_open=self._open_batch)
         self._local = settings.object_store == "local"
         self._local_fsync = bool(getattr(store, "fsync", True))
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-io")
-        self.receipts = ReceiptWriter(tracker)
         self.hash_thread = HashThread()
         self.sessions: set[Session] = set()
         self.active = 0
@@ -105,6 +116,7 @@ class Server:
 
     def release_slot(self, calling_ae: str) -> None:
         self.active -= 1
+        self.last_association_end = time.time()
         left = self.per_ae.get(calling_ae, 1) - 1
         if left:
             self.per_ae[calling_ae] = left
@@ -136,6 +148,46 @@ class Server:
         except OSError:
             pass  # e.g. a socket already closed by the peer
 
+    # --- batches -------------------------------------------------------------------------------
+
+    def _open_batch(self, batch_id: str) -> None:
+        self.receipts.submit_call(
+            lambda t: t.open_batch(batch_id, f"{batch_id}/", self.owner, LEASE_SECONDS)
+        )
+
+    def _renewed(self, renewed: list[str]) -> None:
+        """In the writer thread: a batch sealed by someone else is closed here too."""
+        if self.batches.current.batch_id not in renewed and self.batches.current.files:
+            self._loop.call_soon_threadsafe(self.batches.roll)
+
+    async def keep_batches(self) -> None:
+        """Seal this process's batches by the seal policy, and keep its lease alive."""
+        last_renewal = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            batch = self.batches.current
+            reason = self.seal_policy.seal_reason(
+                files=batch.files,
+                size=batch.bytes,
+                age=now - batch.opened_at,
+                idle=now - max(batch.last_object_at, self.last_association_end),
+                writers=self.active,
+                backlog=0,
+            )
+            if reason:
+                log.info("batch closing", extra={"batch_id": batch.batch_id, "why": reason})
+                self.batches.roll()
+            self._seal_closed()
+            if now - last_renewal > LEASE_SECONDS / 3:
+                last_renewal = now
+                self.receipts.submit_call(lambda t: self._renewed(t.renew_lease(self.owner)))
+
+    def _seal_closed(self) -> None:
+        """Seal (in order after their receipts) the closed batches nothing is committing into."""
+        for batch_id in self.batches.sealable():
+            self.receipts.submit_call(lambda t, b=batch_id: t.seal_batch(b, self.owner))
+
     def track_task(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -148,7 +200,8 @@ class Server:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self.track_task(loop.create_task(self.keep_batches()))
         s = self.settings
         if s.plain_enabled:
             server = await loop.create_server(
@@ -181,6 +234,9 @@ class Server:
         """Stop accepting, let associations finish for `grace` seconds, then abort them."""
         for server in self._servers:
             server.close()
+        for task in list(self._tasks):
+            if task.get_coro().__name__ == "keep_batches":  # type: ignore[union-attr]
+                task.cancel()
         deadline = asyncio.get_running_loop().time() + grace
         while self.sessions and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -191,6 +247,9 @@ class Server:
         for server in self._servers:
             await server.wait_closed()
         self.executor.shutdown(wait=True)
+        # What was received is sealed for import; the next process opens new batches.
+        self.batches.roll()
+        self._seal_closed()
         self.receipts.close()
         self.hash_thread.close()
         log.info("stopped")

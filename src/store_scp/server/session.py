@@ -538,6 +538,7 @@ class Session(asyncio.BufferedProtocol):
         op.close_file()
         if failure is None:
             self.server.record_receipt(self._receipt(stored))
+        self.server.batches.done(stored.batch_id)
         if self._spare is None and not self.closed:
             try:
                 self._spare = open_staging(self.server.store.staging_dir)
