@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -158,6 +159,119 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
             time.sleep(0.5)
             if not stopping:  # SIGTERM may have come during the pause
                 spawn(index)
+
+
+# --- the tracker, read by operators -------------------------------------------------------------
+
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The data folder of the server to read [env STORE_SCP_DATA_DIR].",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+
+
+def _open_tracker(data_dir: Path | None) -> Any:
+    from .app import make_tracker, tracker_path
+
+    settings = _settings(None, data_dir=data_dir)
+    if not tracker_path(settings).exists():
+        click.echo(f"store-scp: no tracker database under {settings.data_dir}", err=True)
+        sys.exit(1)
+    return make_tracker(settings)
+
+
+def _instance_item(r: Any) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": r.sop_instance_uid,
+        "series_instance_uid": r.series_instance_uid,
+        "study_instance_uid": r.study_instance_uid,
+        "state": r.state.value,
+        "image_set_id": r.image_set_id,
+        "is_primary": r.is_primary,
+        "job_id": r.job_id,
+        "reason": r.reason,
+        "received_at": r.received_at,
+        "key": r.key,
+    }
+
+
+@main.command()
+@click.argument("uid")
+@_data_dir_option
+@_json_option
+def where(uid: str, data_dir: Path | None, as_json: bool) -> None:
+    """Where a study, series or SOP instance is: state, image set, job, reason.
+
+    One line per SOP instance (its newest receipt).
+    """
+    tracker = _open_tracker(data_dir)
+    items = [_instance_item(r) for r in tracker.where(uid)]
+    tracker.close()
+    if as_json:
+        click.echo(json.dumps({"uid": uid, "instances": items}, indent=2))
+    else:
+        if not items:
+            click.echo(f"{uid}: not received")
+        for it in items:
+            where_to = it["image_set_id"] or ""
+            if it["is_primary"] is False:
+                where_to += " (non-primary: conflicting metadata, to reconcile)"
+            detail = where_to or it["reason"] or ""
+            click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}")
+    sys.exit(0 if items else 1)
+
+
+@main.command()
+@_data_dir_option
+@_json_option
+def failures(data_dir: Path | None, as_json: bool) -> None:
+    """SOP instances whose newest receipt failed, and why."""
+    tracker = _open_tracker(data_dir)
+    items = [_instance_item(r) for r in tracker.failures()]
+    tracker.close()
+    if as_json:
+        click.echo(json.dumps({"instances": items}, indent=2))
+        return
+    for it in items:
+        click.echo(f"{it['sop_instance_uid']}  {it['reason']}")
+    click.echo(f"{len(items)} failed instance(s)", err=True)
+
+
+@main.command()
+@click.option(
+    "--status",
+    type=click.Choice(["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"]),
+    help="Only jobs with this status.",
+)
+@_data_dir_option
+@_json_option
+def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
+    """Import jobs, oldest first."""
+    from .tracking.base import JobStatus
+
+    tracker = _open_tracker(data_dir)
+    records = tracker.jobs(JobStatus(status) if status else None)
+    tracker.close()
+    items = [
+        {
+            "batch_id": j.batch_id,
+            "job_id": j.job_id,
+            "status": j.status.value,
+            "counts": dict(j.counts),
+            "message": j.message,
+            "created_at": j.created_at,
+            "ended_at": j.ended_at,
+            "output_uri": j.output_uri,
+        }
+        for j in records
+    ]
+    if as_json:
+        click.echo(json.dumps({"jobs": items}, indent=2))
+        return
+    for it in items:
+        counts = " ".join(f"{k}={v}" for k, v in it["counts"].items())
+        click.echo(f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}")
 
 
 def _register_client_commands() -> None:
