@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,31 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
     for it in items:
         counts = " ".join(f"{k}={v}" for k, v in it["counts"].items())
         click.echo(f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}")
+
+
+@main.command()
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_data_dir_option
+def worker(config: Path | None, data_dir: Path | None) -> None:
+    """Run the import pipeline alone (no DICOM listener), on a data folder shared with
+    receivers: seals batches whose receiver died, starts import jobs, records results.
+    Stop with SIGTERM or Ctrl-C."""
+    from .app import make_store, make_tracker, make_worker
+    from .logs import setup_logging
+
+    settings = _settings(config, data_dir=data_dir)
+    setup_logging(settings.log_level, log_phi=settings.log_phi)
+    store = make_store(settings)
+    tracker = make_tracker(settings)
+    owner = f"worker-{os.getpid():x}"
+    pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pipeline_worker.start()
+    stop.wait()
+    pipeline_worker.stop()
+    tracker.close()
 
 
 def _register_client_commands() -> None:

@@ -143,3 +143,28 @@ def decode(data: bytes, content_type: str, ds: Dataset) -> np.ndarray:
 
         return np.asarray(j2k_decode(data)).reshape(ds.Rows, ds.Columns)
     return np.frombuffer(data, dtype="<u2").reshape(ds.Rows, ds.Columns)
+
+
+def test_a_separate_worker_imports_what_a_receive_only_server_received(tmp_path: Path) -> None:
+    """`serve` with the pipeline off seals its batches at shutdown; `store-scp worker` on the
+    same data folder imports them."""
+    srv = start_server(tmp_path / "srv", env={"STORE_SCP_PIPELINE": "off"})
+    study = generate_uid()
+    files = make_series(tmp_path / "s", study, "P-W", 3)
+    send = [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(srv.port)]
+    subprocess.run([*send, *map(str, files)], check=True, capture_output=True, timeout=60)
+    assert srv.stop() == 0
+    assert {i["state"] for i in where(srv, study)} == {"RECEIVED"}
+    env = dict(srv.env, STORE_SCP_IMPORT_START_RATE="5")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "store_scp.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        items = wait_imported(srv, study, 3)
+        assert {i["state"] for i in items} == {"IMPORTED"}
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0
