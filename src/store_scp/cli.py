@@ -31,7 +31,8 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="store-scp")
 def main() -> None:
-    """A DICOM Store SCP: receives objects and keeps each one durably for AWS HealthImaging.
+    """A DICOM Store SCP: keeps every received object durably and imports it into a
+    HealthImaging datastore (embedded by default).
 
     Every setting can also come from a STORE_SCP_* environment variable or a TOML file
     (--config or STORE_SCP_CONFIG); flags win over both.
@@ -76,7 +77,9 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     """Receive DICOM objects (C-ECHO, C-STORE) and keep each one durably.
 
     Runs on the embedded default with no cloud account: objects under DATA_DIR/objects,
-    tracking in DATA_DIR/tracker.sqlite3. Stop with SIGTERM or Ctrl-C: listeners close,
+    tracking in DATA_DIR/tracker.sqlite3, and (unless STORE_SCP_PIPELINE=off) the import
+    pipeline into the embedded datastore under DATA_DIR/datastore, whose HealthImaging API
+    listens on 127.0.0.1:8090. Stop with SIGTERM or Ctrl-C: listeners close,
     associations get STORE_SCP_SHUTDOWN_GRACE seconds to finish, then are aborted.
     """
     settings = _settings(config, **flags)
