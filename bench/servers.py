@@ -111,6 +111,9 @@ def _store_scp_command(fsync: bool) -> Callable[[Launch], tuple[list[str], dict[
         env.pop("STORE_SCP_FSYNC", None)
         if not fsync:
             env["STORE_SCP_FSYNC"] = "false"
+        # The receiver is what is compared with the other SCPs: the import pipeline (which
+        # would import every object into the embedded datastore meanwhile) stays off.
+        env["STORE_SCP_PIPELINE"] = "off"
         return cmd, env
 
     return command
