@@ -493,3 +493,36 @@ class Tracker(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class TrackerConveniences:
+    """The single-item calls of the port, written once over their batch forms (adapters
+    inherit it)."""
+
+    def record_receipts(self, receipts: Sequence[Receipt]) -> int:
+        raise NotImplementedError
+
+    def mark_imported_many(
+        self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
+    ) -> set[str]:
+        raise NotImplementedError
+
+    def record_receipt(self, receipt: Receipt) -> bool:
+        """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
+        return self.record_receipts([receipt]) == 1
+
+    def mark_imported(
+        self,
+        key: str,
+        batch_id: str,
+        image_set_id: str,
+        is_primary: bool,
+        image_set_version: str | None = None,
+        *,
+        at: float | None = None,
+    ) -> bool:
+        """IMPORTING in `batch_id`'s job -> IMPORTED; True also on a replay."""
+        done = self.mark_imported_many(
+            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
+        )
+        return key in done

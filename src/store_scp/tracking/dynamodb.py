@@ -88,6 +88,7 @@ from store_scp.tracking.base import (
     Receipt,
     ReceiptStatus,
     State,
+    TrackerConveniences,
     TrackerError,
     job_status_allowed_from,
 )
@@ -125,7 +126,7 @@ class TableNames:
         return cls(**{f.name: f"{prefix}-{f.name}" for f in fields(cls)})
 
 
-class DynamoDbTracker:
+class DynamoDbTracker(TrackerConveniences):
     """Tracker on DynamoDB tables; thread-safe (boto3 clients are), several processes too."""
 
     def __init__(
@@ -241,9 +242,6 @@ class DynamoDbTracker:
 
     # -- receipts, as the receiver writes them ---------------------------------------------
 
-    def record_receipt(self, receipt: Receipt) -> bool:
-        return self.record_receipts([receipt]) == 1
-
     def record_receipts(self, receipts: Sequence[Receipt]) -> int:
         """Insert RECEIVED items, conditional on their key being new; each transaction also
         counts the new receipts in their batches and in a counter shard."""
@@ -349,21 +347,6 @@ class DynamoDbTracker:
                         result[row["key"]] = Admission.WAITING
                 break
         return {key: result[key] for key in wanted}
-
-    def mark_imported(
-        self,
-        key: str,
-        batch_id: str,
-        image_set_id: str,
-        is_primary: bool,
-        image_set_version: str | None = None,
-        *,
-        at: float | None = None,
-    ) -> bool:
-        done = self.mark_imported_many(
-            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
-        )
-        return key in done
 
     def mark_imported_many(
         self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None

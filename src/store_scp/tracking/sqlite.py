@@ -76,6 +76,7 @@ from store_scp.tracking.base import (
     Receipt,
     ReceiptStatus,
     State,
+    TrackerConveniences,
     job_status_allowed_from,
 )
 
@@ -260,7 +261,7 @@ class TrackerSchemaError(RuntimeError):
     """The database was written by a newer release (or is not a tracker database)."""
 
 
-class SqliteTracker:
+class SqliteTracker(TrackerConveniences):
     """Tracker on one SQLite file, safe for several threads and several processes."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
@@ -283,10 +284,6 @@ class SqliteTracker:
             raise
 
     # -- receipts, as the receiver writes them ----------------------------------------------
-
-    def record_receipt(self, receipt: Receipt) -> bool:
-        """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
-        return self.record_receipts([receipt]) == 1
 
     def record_receipts(self, receipts: Sequence[Receipt]) -> int:
         """Insert many RECEIVED rows in one transaction; returns how many were new. New rows
@@ -383,22 +380,6 @@ class SqliteTracker:
                         Admission.WAITING if blocked else _supersede(conn, row, retry, at)
                     )
         return {key: result[key] for key in wanted}
-
-    def mark_imported(
-        self,
-        key: str,
-        batch_id: str,
-        image_set_id: str,
-        is_primary: bool,
-        image_set_version: str | None = None,
-        *,
-        at: float | None = None,
-    ) -> bool:
-        """IMPORTING in `batch_id`'s job -> IMPORTED; True also on a replay."""
-        done = self.mark_imported_many(
-            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
-        )
-        return key in done
 
     def mark_imported_many(
         self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
