@@ -17,6 +17,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[fast,test]'
 
 python3 -m ruff check src tests bench
 python3 -m ruff format --check src tests bench
+python3 -m mypy src
 
 set +e
 python3 -m pytest -m "not slow" "$@"

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .. import metrics
@@ -38,6 +39,10 @@ LEASE_SECONDS = 60.0
 
 # An AWS NLB drops a connection idle for 350 s: probe well before that.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
+
+
+def _seal(tracker: Tracker, *, batch_id: str, owner: str) -> bool:
+    return tracker.seal_batch(batch_id, owner)
 
 
 class Server:
@@ -186,7 +191,7 @@ class Server:
     def _seal_closed(self) -> None:
         """Seal (in order after their receipts) the closed batches nothing is committing into."""
         for batch_id in self.batches.sealable():
-            self.receipts.submit_call(lambda t, b=batch_id: t.seal_batch(b, self.owner))
+            self.receipts.submit_call(partial(_seal, batch_id=batch_id, owner=self.owner))
 
     def track_task(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

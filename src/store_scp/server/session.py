@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import metrics
 from ..dicom import association as A
@@ -93,12 +93,12 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its interface.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = tr = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if not peername:
             # Reset before we could see it (a load-balancer probe, a port scan): not news.
             self.closed = True
-            transport.abort()
+            tr.abort()
             return
         self.peer = f"{peername[0]}:{peername[1]}"
         if not self.server.peer_allowed(peername[0]):
@@ -109,7 +109,7 @@ class Session(asyncio.BufferedProtocol):
                 extra={"peer": self.peer, "assoc_id": self.assoc_id},
             )
             self.closed = True
-            transport.abort()
+            tr.abort()
             return
         raw_sock = transport.get_extra_info("socket")
         if raw_sock is not None:
