@@ -55,9 +55,22 @@ def make_worker(
     from .pipeline.policy import StartLimiter
     from .pipeline.worker import Pipeline, PipelineConfig, Worker
 
-    datastore = LocalDatastore(Path(settings.data_dir) / "datastore", fsync=settings.fsync)
+    datastore: Any
+    if settings.datastore == "healthimaging":
+        from .datastore.healthimaging import HealthImagingDatastore
+
+        if not settings.healthimaging_datastore_id:
+            raise ValueError("STORE_SCP_HEALTHIMAGING_DATASTORE_ID is required for healthimaging")
+        datastore = HealthImagingDatastore(
+            settings.healthimaging_datastore_id,
+            endpoint_url=settings.healthimaging_endpoint_url,
+            region=settings.healthimaging_region,
+        )
+    else:
+        datastore = LocalDatastore(Path(settings.data_dir) / "datastore", fsync=settings.fsync)
     config = PipelineConfig(
         owner=owner,
+        role_arn=settings.import_role_arn,
         limiter=StartLimiter(
             rate_per_second=settings.import_start_rate,
             max_concurrent_jobs=settings.max_concurrent_import_jobs,
@@ -150,7 +163,7 @@ async def serve(
     if run_reconciler and settings.pipeline == "embedded":
         worker, datastore = make_worker(settings, store, tracker, owner=server.owner)
         worker.start()
-        if settings.datastore_api_port >= 0:
+        if settings.datastore == "local" and settings.datastore_api_port >= 0:
             from .datastore.api import start_api_server
 
             api_runner, api_port = await start_api_server(

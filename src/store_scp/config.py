@@ -57,7 +57,10 @@ Timeouts (seconds, all > 0)
     ``STORE_SCP_SHUTDOWN_GRACE``.
 
 Import pipeline
-    ``STORE_SCP_PIPELINE`` (``embedded`` or ``off``), ``STORE_SCP_DATASTORE`` (``local``),
+    ``STORE_SCP_PIPELINE`` (``embedded`` or ``off``), ``STORE_SCP_DATASTORE`` (``local`` or
+    ``healthimaging``), ``STORE_SCP_HEALTHIMAGING_DATASTORE_ID``,
+    ``STORE_SCP_HEALTHIMAGING_ENDPOINT_URL``, ``STORE_SCP_HEALTHIMAGING_REGION``,
+    ``STORE_SCP_IMPORT_ROLE_ARN``,
     ``STORE_SCP_DATASTORE_API_BIND``, ``STORE_SCP_DATASTORE_API_PORT`` (the embedded
     datastore's HealthImaging API, loopback by default; -1 = disabled),
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
@@ -414,10 +417,23 @@ class Settings(BaseSettings):
         description="`embedded`: `serve` also runs the import worker; `off`: receive only "
         "(run `store-scp worker` elsewhere).",
     )
-    datastore: Literal["local"] = Field(
+    datastore: Literal["local", "healthimaging"] = Field(
         default="local",
         description="Where batches are imported: `local` (the embedded HealthImaging-compatible "
-        "datastore under data_dir/datastore).",
+        "datastore under data_dir/datastore) or `healthimaging` (AWS HealthImaging through "
+        "boto3, or any endpoint speaking its API).",
+    )
+    healthimaging_datastore_id: str | None = Field(
+        default=None, description="HealthImaging datastore id (required for `healthimaging`)."
+    )
+    healthimaging_endpoint_url: str | None = Field(
+        default=None, description="HealthImaging endpoint override (empty: the AWS default)."
+    )
+    healthimaging_region: str | None = Field(default=None, description="AWS region.")
+    import_role_arn: str = Field(
+        default="",
+        description="IAM role HealthImaging assumes to read the input prefix and write the "
+        "job output (required by AWS).",
     )
     datastore_api_bind: str = Field(
         default="127.0.0.1",

@@ -18,7 +18,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from store_scp.datastore.base import DatastoreError, ImportJob, JobStatus
 
@@ -53,6 +53,10 @@ def to_datastore_error(exc: ClientError | BotoCoreError) -> DatastoreError:
             retryable = code in _RETRYABLE_CODES or status >= 500 or status == 429
         return DatastoreError(code, message, retryable=retryable)
     # No answer at all (connection refused or reset, timeout): the same call may work later.
+    if isinstance(exc, ParamValidationError):
+        # Our own request is wrong (e.g. no data-access role ARN configured): retrying the
+        # same call can never succeed.
+        return DatastoreError("ValidationException", str(exc), retryable=False)
     return DatastoreError(type(exc).__name__, str(exc), retryable=True)
 
 

@@ -95,6 +95,9 @@ class Pipeline:
         # Starts interrupted after the job record was written (crash, retryable error).
         pending = [j.batch_id for j in self.tracker.jobs(JobStatus.STARTING)]
         pending += [b.batch_id for b in self.tracker.sealed_batches_without_job()]
+        # Batches whose start keeps failing go last: they must not use up the start rate of
+        # the others (stable: otherwise oldest first).
+        pending.sort(key=lambda b: self._attempts.get(b, 0))
         for batch_id in pending:
             if self._retry_at.get(batch_id, 0) > now:
                 continue

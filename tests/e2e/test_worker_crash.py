@@ -1,0 +1,121 @@
+"""kill -9 of `store-scp worker` at random moments while it starts and follows import jobs; the
+datastore runs in its own process (as HealthImaging would) and is not killed. After each
+restart the pipeline resumes: every receipt reaches a final state, no batch is imported twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from pydicom.uid import generate_uid
+
+from tests.e2e.test_pipeline_embedded import make_series, where
+from tests.serverproc import DCMTK, start_server
+
+DATASTORE_ID = "5c9d1ca15707e0000000000000000001"
+
+
+def start_datastore(root: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "store_scp.datastore.api", "--root", str(root), "--test-hooks"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"http://[\d.]+:\d+", line)
+    assert match, line
+    return proc, match.group(0)
+
+
+def hook(url: str, name: str, **args: object) -> None:
+    body = json.dumps({"hook": name, "args": args}).encode()
+    request = urllib.request.Request(
+        url + "/_store-scp/test-hooks", body, {"Content-Type": "application/json"}
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path: Path) -> None:
+    rng = random.Random()
+    print("seed", rng.seed)
+    datastore, url = start_datastore(tmp_path / "datastore")
+    try:
+        # Three batches, received by a receive-only server, sealed at its shutdown.
+        srv = start_server(tmp_path / "srv", env={"STORE_SCP_PIPELINE": "off"})
+        studies = []
+        for i in range(3):
+            study = generate_uid()
+            studies.append(study)
+            files = make_series(tmp_path / f"s{i}", study, f"P{i}", 3)
+            subprocess.run(
+                [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(srv.port)]
+                + [str(f) for f in files],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            # A restart of the receiver in between: each study in its own batch.
+            assert srv.stop() == 0
+            srv = start_server(tmp_path / "srv", env={"STORE_SCP_PIPELINE": "off"})
+        assert srv.stop() == 0
+
+        hook(url, "stall_next_jobs", seconds=1.5, count=3)
+        env = dict(
+            srv.env,
+            STORE_SCP_DATASTORE="healthimaging",
+            STORE_SCP_HEALTHIMAGING_DATASTORE_ID=DATASTORE_ID,
+            STORE_SCP_HEALTHIMAGING_ENDPOINT_URL=url,
+            STORE_SCP_HEALTHIMAGING_REGION="us-east-1",
+            STORE_SCP_IMPORT_START_RATE="20",
+            STORE_SCP_IMPORT_ROLE_ARN="arn:aws:iam::000000000000:role/ImportRole",
+            AWS_ACCESS_KEY_ID="x",
+            AWS_SECRET_ACCESS_KEY="x",
+        )
+        cmd = [sys.executable, "-m", "store_scp.cli", "worker"]
+        log = (tmp_path / "worker.log").open("ab")
+        kills = 0
+        deadline = time.monotonic() + 90
+        while True:
+            states = [i["state"] for s in studies for i in where(srv, s)]
+            if states and all(s in ("IMPORTED", "FAILED") for s in states):
+                break
+            assert time.monotonic() < deadline, states
+            worker = subprocess.Popen(cmd, env=env, stderr=log)
+            if kills < 4:
+                time.sleep(rng.uniform(0.3, 2.0))
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()
+                kills += 1
+            else:
+                time.sleep(2)
+                worker.terminate()
+                assert worker.wait(30) == 0
+        assert kills == 4
+        assert states == ["IMPORTED"] * 9
+
+        client = boto3.client(
+            "medical-imaging",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=Config(inject_host_prefix=False),
+        )
+        jobs = client.list_dicom_import_jobs(datastoreId=DATASTORE_ID)["jobSummaries"]
+        batches = {i["key"].split("/")[0] for s in studies for i in where(srv, s)}
+        assert len(batches) == 3
+        assert len(jobs) == 3, "a batch was imported twice"  # one job per batch, ever
+    finally:
+        datastore.terminate()
+        datastore.wait(30)
