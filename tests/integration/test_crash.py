@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
+from tests.dicomfactory import secondary_capture
 from tests.serverproc import ServerProcess, start_server
 
 SENDERS = 4
@@ -76,27 +76,6 @@ class Ledger:
                 self.refused[uid] = status
 
 
-def make_dataset(rng: random.Random, size: int) -> Dataset:
-    """A Secondary Capture object with about `size` bytes of random pixels."""
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Columns = 256
-    ds.Rows = max(size // 256, 1)
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = rng.randbytes(ds.Rows * ds.Columns)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
 def random_size(rng: random.Random) -> int:
     """Log-uniform between MIN_SIZE and MAX_SIZE: many small objects, some large ones."""
     return int(MIN_SIZE * (MAX_SIZE / MIN_SIZE) ** rng.random())
@@ -122,7 +101,7 @@ def send_until_broken(
         return
     try:
         while not stop.is_set():
-            ds = make_dataset(rng, random_size(rng))
+            ds = secondary_capture(rng, random_size(rng))
             raw = encode(ds, False, True)  # what send_c_store puts on the wire
             if raw is None:
                 with ledger.lock:
@@ -150,7 +129,7 @@ def send_new_objects(server: ServerProcess, ledger: Ledger, rng: random.Random, 
     assert assoc.is_established, "the restarted server refused an association"
     try:
         for _ in range(count):
-            ds = make_dataset(rng, random_size(rng))
+            ds = secondary_capture(rng, random_size(rng))
             raw = encode(ds, False, True)
             assert raw is not None
             ledger.send(str(ds.SOPInstanceUID), raw)

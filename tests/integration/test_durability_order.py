@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
+from tests.dicomfactory import secondary_capture
 from tests.integration.strace_order import analyze_trace, check_durability_order, strace_command
 from tests.serverproc import ServerProcess, start_server
 
@@ -211,26 +211,6 @@ class Traced:
     sent: dict[str, str]  # SOP Instance UID -> SHA-256 of the data set bytes sent
 
 
-def make_dataset(rng: random.Random, size: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Columns = 256
-    ds.Rows = max(size // 256, 1)
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = rng.randbytes(ds.Rows * ds.Columns)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
 def _traced_tasks(pid: int) -> tuple[bool, list[int]]:
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     for tid in tids:
@@ -294,7 +274,7 @@ def send_objects(traced: Traced, count: int) -> None:
     assert assoc.is_established, "association not accepted"
     try:
         for _ in range(count):
-            ds = make_dataset(rng, int(16 * 1024 * 32 ** rng.random()))
+            ds = secondary_capture(rng, int(16 * 1024 * 32 ** rng.random()))
             raw = encode(ds, False, True)
             assert raw is not None
             rsp = assoc.send_c_store(ds)
