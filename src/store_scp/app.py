@@ -150,6 +150,9 @@ async def serve(
 
     runner = None
     if run_probe and settings.http_enabled:
+        from . import metrics
+
+        metrics.register_tracker(tracker)
         from .web.probe import make_probe_app, start_probe_server
 
         runner, http_port = await start_probe_server(

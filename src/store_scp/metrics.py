@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -126,6 +127,59 @@ for _result in ASSOCIATION_RESULTS:
 OBJECTS_RECEIVED.labels(status="0x0000")
 
 
+IMPORT_JOBS = Counter(
+    "store_scp_import_jobs",
+    "Import jobs by event: started, completed (COMPLETED, maybe with failed files), failed.",
+    ["event"],
+    registry=REGISTRY,
+)
+TIME_TO_AVAILABLE = Histogram(
+    "store_scp_time_to_available_seconds",
+    "Seconds from the last object of a batch being received to its job's results recorded "
+    "(its image sets available).",
+    buckets=(5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+for _event in ("started", "completed", "failed"):
+    IMPORT_JOBS.labels(event=_event)
+
+
+class TrackerCollector:
+    """Receipts per state and the oldest un-imported receipt's age, read from the tracker at
+    scrape time (so several processes never count twice)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        states = GaugeMetricFamily(
+            "store_scp_receipts", "Receipts by state, from the tracker.", labels=["state"]
+        )
+        for state, count in self.tracker.counts_by_state().items():
+            states.add_metric([state], count)
+        yield states
+        age = self.tracker.oldest_unimported_age()
+        yield GaugeMetricFamily(
+            "store_scp_oldest_unimported_age_seconds",
+            "Age of the oldest receipt not yet IMPORTED or FAILED (0 when none).",
+            value=age or 0.0,
+        )
+
+
+_tracker_collector: TrackerCollector | None = None
+
+
+def register_tracker(tracker: Any) -> None:
+    """Expose the tracker's state counts on /metrics (the process serving /metrics)."""
+    global _tracker_collector
+    if _tracker_collector is not None:
+        REGISTRY.unregister(_tracker_collector)
+    _tracker_collector = TrackerCollector(tracker)
+    REGISTRY.register(_tracker_collector)
+
+
 def status_label(status: int) -> str:
     """The ``status`` label of a DIMSE status: ``0x0000``, ``0xA700``, ..."""
     return f"0x{status:04X}"
@@ -144,6 +198,8 @@ def exposition() -> tuple[bytes, str]:
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        if _tracker_collector is not None:
+            registry.register(_tracker_collector)
         return generate_latest(registry), CONTENT_TYPE
     return generate_latest(REGISTRY), CONTENT_TYPE
 

@@ -124,6 +124,13 @@ def test_probes_and_metrics_over_http(tmp_path: Path) -> None:
         assert 'store_scp_associations_total{result="rejected"} 1.0' in body
         assert "store_scp_store_latency_seconds_count 1.0" in body
         assert PATIENT_NAME not in body
+        assert 'store_scp_import_jobs_total{event="started"} 0.0' in body
+        # Receipts per state come from the tracker at scrape time.
+        wait_for(
+            lambda: 'store_scp_receipts{state="RECEIVED"} 1.0' in http_get(http, "/metrics")[1],
+            "the receipt in the tracker metrics",
+        )
+        assert "store_scp_oldest_unimported_age_seconds" in http_get(http, "/metrics")[1]
         assert http_get(http, "/anything-else")[0] == 404
     finally:
         assert server.stop() == 0

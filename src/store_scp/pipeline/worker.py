@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import metrics
 from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
@@ -167,6 +168,7 @@ class Pipeline:
         self._attempts.pop(batch_id, None)
         self._retry_at.pop(batch_id, None)
         self.tracker.set_job_id(batch_id, job_id, submitted_at=now)
+        metrics.IMPORT_JOBS.labels(event="started").inc()
         log.info("import job started", extra={"batch_id": batch_id, "job_id": job_id})
         return True
 
@@ -177,6 +179,7 @@ class Pipeline:
         ]
         self.tracker.mark_failed(keys, message, batch_id, at=now)
         self.tracker.update_job(batch_id, results_at=now, now=now)
+        metrics.IMPORT_JOBS.labels(event="failed").inc()
         log.error("import job failed", extra={"batch_id": batch_id, "why": message})
 
     # --- following jobs ----------------------------------------------------------------------
@@ -251,6 +254,9 @@ class Pipeline:
                 missing, "no result for this file in the job output", batch_id, at=now
             )
         non_primary = sum(1 for i in output.imported if not i.is_primary)
+        metrics.IMPORT_JOBS.labels(event="completed").inc()
+        if receipts:
+            metrics.TIME_TO_AVAILABLE.observe(max(0.0, now - max(r.received_at for r in receipts)))
         self.tracker.update_job(
             batch_id,
             counts={
