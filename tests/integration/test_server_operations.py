@@ -7,6 +7,7 @@ import io
 import json
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -204,3 +205,48 @@ def test_s3_object_store_end_to_end(
     finally:
         assert server.stop() == 0
     assert not any((tmp_path / "srv" / "staging").rglob("*.part"))
+
+
+def test_an_object_healthimaging_cannot_import_is_stored_and_failed_at_once(
+    tmp_path: Path,
+) -> None:
+    from pynetdicom import AE
+
+    retired_jpeg = "1.2.840.10008.1.2.4.53"  # accepted on the wire, refused by HealthImaging
+    server = start_server(tmp_path / "srv")
+    try:
+        ds = Dataset()
+        ds.SOPClassUID = CT
+        ds.SOPInstanceUID = uid = generate_uid()
+        ds.StudyInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = generate_uid()
+        ds.Modality = "CT"
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(CT, [retired_jpeg])
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="STORE_SCP")
+        assert assoc.is_established
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = retired_jpeg
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        assert status.Status == 0x0000  # stored all the same: nothing is lost
+        wait_for(lambda: len(server.stored_files()) == 1, "the stored object")
+
+        def failed() -> list[dict[str, object]]:
+            out = subprocess.run(
+                [sys.executable, "-m", "store_scp.cli", "failures", "--json"],
+                capture_output=True,
+                text=True,
+                env=server.env,
+                timeout=30,
+            )
+            return list(json.loads(out.stdout)["instances"]) if out.returncode == 0 else []
+
+        wait_for(lambda: len(failed()) == 1, "the failure")
+        [item] = failed()
+        assert item["sop_instance_uid"] == uid
+        assert item["state"] == "FAILED" and item["job_id"] is None
+        assert str(item["reason"]).startswith("not importable: ")
+        assert retired_jpeg in str(item["reason"])
+    finally:
+        assert server.stop() == 0

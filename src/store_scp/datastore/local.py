@@ -121,6 +121,15 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from store_scp.datastore.base import DatastoreError, ImportJob, JobStatus
+from store_scp.datastore.rules import (
+    _DEFLATED,
+    _UID_SYNTAX,
+    _VIDEO_TRANSFER_SYNTAXES,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HTJ2K_LOSSLESS_RPCL,
+    SUPPORTED_TRANSFER_SYNTAXES,
+    import_rejection,
+)
 from store_scp.storage.base import ObjectStore, StorageError
 from store_scp.storage.local import LocalObjectStore
 
@@ -143,41 +152,7 @@ log = logging.getLogger(__name__)
 #: The embedded datastore's id unless told otherwise (HealthImaging ids are `[0-9a-z]{32}`).
 DEFAULT_DATASTORE_ID = "5c9d1ca15707e0000000000000000001"
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-
-_VIDEO_TRANSFER_SYNTAXES = frozenset(
-    {f"1.2.840.10008.1.2.4.{n}" for n in range(100, 109)}
-    | {f"1.2.840.10008.1.2.4.{n}.1" for n in range(100, 107)}
-)
-
-#: supported-transfer-syntaxes.html: what an import job accepts.
-SUPPORTED_TRANSFER_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2",
-        EXPLICIT_VR_LITTLE_ENDIAN,
-        _DEFLATED,
-        "1.2.840.10008.1.2.2",
-        "1.2.840.10008.1.2.4.50",
-        "1.2.840.10008.1.2.4.51",
-        "1.2.840.10008.1.2.4.57",
-        "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80",
-        "1.2.840.10008.1.2.4.81",
-        "1.2.840.10008.1.2.4.90",
-        "1.2.840.10008.1.2.4.91",
-        "1.2.840.10008.1.2.4.92",
-        "1.2.840.10008.1.2.4.93",
-        "1.2.840.10008.1.2.4.201",
-        HTJ2K_LOSSLESS_RPCL,
-        "1.2.840.10008.1.2.4.203",
-        "1.2.840.10008.1.2.5",
-    }
-    | _VIDEO_TRANSFER_SYNTAXES
-)
 
 #: The syntaxes marked with an asterisk in supported-transfer-syntaxes.html: stored as received.
 KEPT_AS_RECEIVED_TRANSFER_SYNTAXES = frozenset(
@@ -266,26 +241,6 @@ def _api_message(text: str) -> str:
 
 
 # --- What an import refuses ------------------------------------------------------------------
-
-_UID_SYNTAX = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-def import_rejection(sop_class_uid: str | None, transfer_syntax_uid: str | None) -> str | None:
-    """Why a file with these UIDs could never be imported (None if it could).
-
-    For the pipeline, to mark objects that no job could import FAILED at once.
-    """
-    if not transfer_syntax_uid:
-        return "DICOM attribute TransferSyntaxUID does not exist"
-    if transfer_syntax_uid not in SUPPORTED_TRANSFER_SYNTAXES:
-        return f"Unsupported transfer syntax {transfer_syntax_uid}"
-    if not sop_class_uid:
-        return "DICOM attribute SOPClassUID does not exist"
-    if not _UID_SYNTAX.fullmatch(sop_class_uid) or len(sop_class_uid) > 64:
-        return "DICOM attribute SOPClassUID is not a valid UID"
-    if sop_class_uid == _MEDIA_STORAGE_DIRECTORY:
-        return f"SOP class {sop_class_uid} (Media Storage Directory) is not a composite instance"
-    return None
 
 
 def _text_of(elem: DataElement) -> str:

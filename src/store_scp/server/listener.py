@@ -20,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .. import metrics
+from ..datastore.rules import import_rejection
 from ..dicom.negotiation import Policy
 from ..pipeline.batching import BatchAllocator
 from ..pipeline.policy import SealPolicy
@@ -43,6 +44,10 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
 
 def _seal(tracker: Tracker, *, batch_id: str, owner: str) -> bool:
     return tracker.seal_batch(batch_id, owner)
+
+
+def _fail_at_once(tracker: Tracker, *, key: str, reason: str) -> set[str]:
+    return tracker.mark_failed([key], reason)
 
 
 class Server:
@@ -201,6 +206,15 @@ class Server:
         """After the response: the committed object is the record, so a failure here is logged
         and repaired by the start-up reconciler, never turned into a failed C-STORE."""
         self.receipts.submit(receipt)
+        why = import_rejection(receipt.sop_class_uid, receipt.transfer_syntax_uid)
+        if why:
+            # Stored all the same (nothing is lost); no job will ever take it.
+            log.warning(
+                "stored object is not importable into HealthImaging",
+                extra={"key": receipt.key, "why": why},
+            )
+            reason = f"not importable: {why}"
+            self.receipts.submit_call(partial(_fail_at_once, key=receipt.key, reason=reason))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
