@@ -133,6 +133,11 @@ def setup_logging(
     redacted unless ``log_phi`` is true.
     """
     levelno = _level(level)
+    # The JSON lines carry no process or thread fields: skip the system calls that fill them
+    # for every record (a record per stored object is on the receiver's hot path).
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _Handler):

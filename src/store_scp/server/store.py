@@ -31,10 +31,22 @@ _staging_counter = itertools.count()
 _staging_token = secrets.token_hex(4)
 
 
+_staging_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _staging_pid
+    _staging_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _staging_name() -> str:
     """Unique per process and run without a random draw per object (cheaper than mkstemp).
-    The pid is read each time: forked receivers share the token and the counter."""
-    return f"{os.getpid():x}-{_staging_token}-{next(_staging_counter)}.part"
+    Forked receivers share the token and the counter, so the name carries the pid (kept up
+    to date at fork, not asked of the kernel per object)."""
+    return f"{_staging_pid:x}-{_staging_token}-{next(_staging_counter)}.part"
 
 
 def open_staging(staging_dir: Path) -> tuple[int, Path]:
