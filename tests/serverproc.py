@@ -82,6 +82,8 @@ def start_server(
             "STORE_SCP_HTTP_BIND": "127.0.0.1",
             "STORE_SCP_HTTP_PORT": "-1",
             "STORE_SCP_DATASTORE_API_PORT": "0",
+            # Receiver tests run without the import pipeline; tests of the pipeline turn it on.
+            "STORE_SCP_PIPELINE": "off",
             "STORE_SCP_DATA_DIR": str(data_dir),
             "STORE_SCP_SHUTDOWN_GRACE": "5",
         }

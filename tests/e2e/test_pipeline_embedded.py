@@ -81,7 +81,11 @@ def wait_imported(server: ServerProcess, uid: str, count: int, timeout: float = 
 def server(tmp_path: Path):  # type: ignore[no-untyped-def]
     srv = start_server(
         tmp_path / "srv",
-        env={"STORE_SCP_SEAL_QUIET_SECONDS": "1", "STORE_SCP_IMPORT_START_RATE": "5"},
+        env={
+            "STORE_SCP_PIPELINE": "embedded",
+            "STORE_SCP_SEAL_QUIET_SECONDS": "1",
+            "STORE_SCP_IMPORT_START_RATE": "5",
+        },
     )
     yield srv
     assert srv.stop() == 0

@@ -39,9 +39,6 @@ from pynetdicom.dsutils import encode
 from tests.dicomfactory import secondary_capture
 from tests.serverproc import ServerProcess, start_server
 
-# The receiver is under test: the import pipeline (tested by tests/e2e) stays off, so that
-# job outputs and state changes do not mix with what a crash leaves behind.
-RECEIVER_ONLY = {"STORE_SCP_PIPELINE": "off"}
 SENDERS = 4
 MIN_SIZE = 16 * 1024
 MAX_SIZE = 2 * 1024 * 1024
@@ -349,7 +346,7 @@ def crash_round(
 
     # Restart on the same data folder at once, as a supervisor would.
     summaries = len(reconcile_summaries(server))
-    server = start_server(server.data_dir, env=RECEIVER_ONLY)
+    server = start_server(server.data_dir)
     servers.append(server)
     why = f"round {n}, after the restart"
     remaining = [p.name for p in leftovers if p.exists()]
@@ -386,7 +383,7 @@ def run_crash_rounds(tmp_path: Path, rounds: int) -> list[Round]:
     rng = random.Random(seed)
     ledger, objects = Ledger(), Objects()
     data_dir = tmp_path / "srv"
-    servers = [start_server(data_dir, env=RECEIVER_ONLY)]
+    servers = [start_server(data_dir)]
     results: list[Round] = []
     try:
         for n in range(1, rounds + 1):
@@ -430,13 +427,13 @@ def test_immediate_restart_removes_the_staging_leftovers(tmp_path: Path) -> None
     """A supervisor restarts a crashed receiver at once: its staging files must go too."""
     rng = random.Random()
     ledger = Ledger()
-    servers = [start_server(tmp_path / "srv", env=RECEIVER_ONLY)]
+    servers = [start_server(tmp_path / "srv")]
     try:
         kill_while_sending(servers[0], ledger, rng)
         leftovers = [p for p in servers[0].staging_files() if p.name.endswith(".part")]
         if not leftovers:
             pytest.skip("the kill left no staging file this time")
-        servers.append(start_server(servers[0].data_dir, env=RECEIVER_ONLY))
+        servers.append(start_server(servers[0].data_dir))
         kept = [p.name for p in leftovers if p.exists()]
         assert not kept, f"staging leftovers kept by the restarted server: {kept}"
     finally:
