@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from tests.pdu_tokens import tokens
 
 from store_scp.dicom import association as A
 from store_scp.dicom import dimse, uids
@@ -225,37 +226,6 @@ def test_reader_on_valid_streams_in_any_chunking() -> None:
 
 
 # --- PDUStreamReader (what the Association uses) -------------------------------------------------
-
-
-def tokens(items: list[P.PDU | P.PDV]) -> list[tuple[object, ...]]:
-    """PDUs and PDV chunks as tokens; chunks that continue one another are merged."""
-    out: list[tuple[object, ...]] = []
-    for it in items:
-        if isinstance(it, P.PDV):
-            last = out[-1] if out else None
-            if (
-                last
-                and last[0] == "pdv"
-                and last[1:3] == (it.context_id, it.is_command)
-                and not last[4]
-                and isinstance(last[3], bytes)
-            ):
-                out[-1] = (
-                    "pdv",
-                    it.context_id,
-                    it.is_command,
-                    last[3] + bytes(it.data),
-                    it.is_last,
-                )
-            else:
-                out.append(("pdv", it.context_id, it.is_command, bytes(it.data), it.is_last))
-        elif isinstance(it, P.PDataTF):
-            out.append(("P-DATA-TF",))
-            for pdv in it.pdvs:
-                out += tokens([pdv])
-        else:
-            out.append(("pdu", it))
-    return out
 
 
 def run_stream_reader(data: bytes, sizes: list[int]) -> tuple[list[tuple[object, ...]], int | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from tests.pdu_tokens import tokens
 
 from store_scp.dicom import pdu as P
 
@@ -633,32 +634,10 @@ def normalize_pdus(pdus: list[P.PDU]) -> list[Token]:
 def normalize_items(items: list[P.PDU | P.PDV]) -> list[Token]:
     """Stream reader output as tokens: chunks of one PDV (and consecutive PDVs of one message
     stream in one PDU) merged, so that only what DIMSE sees is compared."""
-    out: list[Token] = []
     for it in items:
-        if isinstance(it, P.PDV):
-            last = out[-1] if out else None
-            if (
-                last
-                and last[0] == "pdv"
-                and last[1:3] == (it.context_id, it.is_command)
-                and not last[4]
-                and isinstance(last[3], bytes)
-            ):
-                out[-1] = (
-                    "pdv",
-                    it.context_id,
-                    it.is_command,
-                    last[3] + bytes(it.data),
-                    it.is_last,
-                )
-            else:
-                out.append(("pdv", it.context_id, it.is_command, bytes(it.data), it.is_last))
-        elif isinstance(it, P.PDataTF):
+        if isinstance(it, P.PDataTF):
             assert it.pdvs == []  # a marker
-            out.append(("P-DATA-TF",))
-        else:
-            out.append(("pdu", it))
-    return out
+    return tokens(items)
 
 
 def stream_feed(
