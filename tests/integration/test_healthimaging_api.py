@@ -29,8 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.pixels import iter_pixels, pixel_array
+from pydicom.pixels import iter_pixels
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from store_scp.datastore.api import check_shape, service_model, start_api_server
@@ -38,6 +37,7 @@ from store_scp.datastore.base import DatastoreError, JobStatus
 from store_scp.datastore.healthimaging import HealthImagingDatastore, to_datastore_error
 from store_scp.datastore.local import EXPLICIT_VR_LITTLE_ENDIAN, LocalDatastore
 from store_scp.storage.local import LocalObjectStore
+from tests.framedecode import decode_stored_frame
 from tests.integration.moto_server import aws_env, moto_endpoint  # noqa: F401
 
 ROLE = "arn:aws:iam::123456789012:role/store-scp-import"
@@ -131,34 +131,6 @@ def put(store: LocalObjectStore, key: str, data: bytes) -> None:
     staging = store.staging_dir / f"{generate_uid()}.part"
     staging.write_bytes(data)
     store.commit(staging, key)
-
-
-def decode(src: Dataset, stored_ts: str, data: bytes) -> np.ndarray:
-    rows, cols, samples = int(src.Rows), int(src.Columns), int(src.SamplesPerPixel)
-    if stored_ts == EXPLICIT_VR_LITTLE_ENDIAN:
-        dtype = np.dtype(f"<{'i' if src.PixelRepresentation else 'u'}{src.BitsAllocated // 8}")
-        shape = (rows, cols, samples) if samples > 1 else (rows, cols)
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(stored_ts)
-    for keyword in (
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "PlanarConfiguration",
-    ):
-        if keyword in src:
-            setattr(ds, keyword, src[keyword].value)
-    ds.NumberOfFrames = 1
-    ds.PixelData = encapsulate([data])
-    ds["PixelData"].VR = "OB"
-    return pixel_array(ds, raw=True)
 
 
 def wait_completed(client: Any, datastore_id: str, job_id: str) -> dict[str, Any]:
@@ -288,7 +260,7 @@ def test_import_search_metadata_and_frames_through_boto3(api: Api, client: Any) 
                         EXPLICIT_VR_LITTLE_ENDIAN: "application/octet-stream",
                     }[stored_ts]
                     assert got["contentType"] == expected_type
-                    pixels = decode(src, stored_ts, got["imageFrameBlob"].read())
+                    pixels = decode_stored_frame(src, stored_ts, got["imageFrameBlob"].read())
                     assert np.array_equal(pixels, expected), name
                     frames_checked += 1
         old = client.get_image_set_metadata(

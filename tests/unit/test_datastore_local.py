@@ -21,8 +21,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import iter_pixels, pixel_array
+from pydicom.pixels import iter_pixels
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from tests.framedecode import decode_stored_frame
 
 from store_scp.datastore.base import DatastoreError, ImportJob, JobStatus
 from store_scp.datastore.local import (
@@ -929,37 +930,6 @@ def test_concurrent_jobs_on_one_series_keep_one_primary_image_set(
 # --- frames ----------------------------------------------------------------------------------
 
 
-def decode_stored(src: Dataset, stored_ts: str, data: bytes) -> np.ndarray:
-    """Decode one frame returned by GetImageFrame, using the source's pixel description."""
-    rows, cols = int(src.Rows), int(src.Columns)
-    samples = int(src.SamplesPerPixel)
-    if stored_ts == EXPLICIT_VR_LITTLE_ENDIAN:
-        bits = int(src.BitsAllocated)
-        dtype = np.dtype(f"<{'i' if src.PixelRepresentation else 'u'}{bits // 8}")
-        arr = np.frombuffer(data, dtype=dtype)
-        return arr.reshape((rows, cols, samples) if samples > 1 else (rows, cols))
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(stored_ts)
-    for keyword in (
-        "Rows",
-        "Columns",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "PixelRepresentation",
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "PlanarConfiguration",
-    ):
-        if keyword in src:
-            setattr(ds, keyword, src[keyword].value)
-    ds.NumberOfFrames = 1
-    ds.PixelData = encapsulate([data])
-    ds["PixelData"].VR = "OB"
-    return pixel_array(ds, raw=True)
-
-
 def _generated_sources(tmp_path: Path) -> dict[str, Path]:
     study = generate_uid()
     specs: dict[str, dict[str, Any]] = {
@@ -1012,7 +982,7 @@ def test_every_frame_decodes_to_the_source_pixels(
             for frame, want in zip(frames, expected, strict=True):
                 data, content_type = ds.get_image_frame(image_set_id, frame["ID"])
                 assert content_type == content_type_for(stored_ts)
-                got = decode_stored(src, stored_ts, data)
+                got = decode_stored_frame(src, stored_ts, data)
                 assert got.shape == want.shape, name
                 assert np.array_equal(got, want), name
                 want_le = want.astype(want.dtype.newbyteorder("<"))
