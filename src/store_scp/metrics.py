@@ -22,6 +22,7 @@ the variable (one process, the default) the metrics live in memory and nothing i
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,18 @@ DIMSE_MESSAGES = Counter(
 for _result in ASSOCIATION_RESULTS:
     ASSOCIATIONS.labels(result=_result)
 OBJECTS_RECEIVED.labels(status="0x0000")
+
+
+# Per-object label lookups, cached: labels() costs a lock and a tuple per call on the
+# receiver's hot path, and both label sets are small (statuses, DIMSE commands).
+@functools.cache
+def objects_received(status: str) -> Any:
+    return OBJECTS_RECEIVED.labels(status=status)
+
+
+@functools.cache
+def dimse_messages(command: str) -> Any:
+    return DIMSE_MESSAGES.labels(command=command)
 
 
 IMPORT_JOBS = Counter(

@@ -413,9 +413,7 @@ class Session(asyncio.BufferedProtocol):
 
     def _on_command(self, ctx_id: int, command: dimse.Command) -> None:
         field = command.command_field
-        metrics.DIMSE_MESSAGES.labels(
-            command=dimse.COMMAND_NAMES.get(field, f"0x{field:04X}")
-        ).inc()
+        metrics.dimse_messages(dimse.COMMAND_NAMES.get(field, f"0x{field:04X}")).inc()
         if field == dimse.C_ECHO_RQ:
             self._respond(ctx_id, dimse.c_echo_rsp(command))
             return
@@ -584,7 +582,7 @@ class Session(asyncio.BufferedProtocol):
         }
         if op is not None:
             fields["duration_ms"] = round((time.monotonic() - op.started) * 1000, 2)
-        metrics.OBJECTS_RECEIVED.labels(status=f"0x{status:04X}").inc()
+        metrics.objects_received(f"0x{status:04X}").inc()
         if failure is None and stored is not None:
             self.stats["stored"] += 1
             self.stats["bytes"] += stored.size
