@@ -232,8 +232,8 @@ class DynamoDbTracker(TrackerConveniences):
                 waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
 
     def missing_tables(self) -> list[str]:
-        """The tables that do not exist (DescribeTable). A table whose description is denied
-        counts as present: a narrow IAM policy must not stop a working tracker."""
+        """The tables DescribeTable says do not exist. A table it cannot describe (access
+        denied, ...) counts as present: a narrow IAM policy must not stop a working tracker."""
         missing = []
         for name in (getattr(self.tables, f.name) for f in fields(TableNames)):
             try:

@@ -9,11 +9,14 @@ holds no code). Its OpenJPH writes RPCL codestreams with TLM markers; the number
 decompositions is raised until the base resolution is at most 64 pixels, as PS3.5 10.18
 requires. Every encoded frame is decoded again and compared with the source pixels before it is
 kept (HealthImaging's pixel data verification); a frame the encoder does not take (floating
-point, more than 32 bits) keeps the native form below. Without that codec frames are kept in
-their original encoding: encapsulated frames exactly as received, native pixel data as
-little-endian, pixel-interleaved bytes (recorded as Explicit VR Little Endian,
-1.2.840.10008.1.2.1, as HealthImaging records binary segmentations). Decoding compressed input
-needs pydicom's pixel plugins (pylibjpeg with its openjpeg and libjpeg plugins).
+point, more than 32 bits) keeps the native form below. Without that codec
+(`lossless_format="original"`, or "auto" when imagecodecs is absent) frames are kept in their
+original encoding: encapsulated frames exactly as received, native pixel data as little-endian,
+pixel-interleaved bytes (recorded as Explicit VR Little Endian, 1.2.840.10008.1.2.1, as
+HealthImaging records binary segmentations). `StoredTransferSyntaxUID` always names what was
+really stored, and GetImageFrame's content type follows it. Decoding compressed input needs
+pydicom's pixel plugins (pylibjpeg with its openjpeg and libjpeg plugins); a frame that cannot
+be decoded is a failure line.
 
 Each frame's metadata carries `PixelDataChecksumFromBaseToFullResolution` (a CRC32 of the
 decoded full-resolution frame: little-endian samples, interleaved colour; only the full
