@@ -297,9 +297,9 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
 @_data_dir_option
 def worker(config: Path | None, data_dir: Path | None) -> None:
-    """Run the import pipeline alone (no DICOM listener), on a data folder shared with
-    receivers: seals batches whose receiver died, starts import jobs, records results.
-    Stop with SIGTERM or Ctrl-C."""
+    """Run the import pipeline alone (no DICOM listener), on the receivers' object store and
+    tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver
+    died, starts import jobs, records results. Stop with SIGTERM or Ctrl-C."""
     from .app import make_store, make_worker
     from .logs import setup_logging
 

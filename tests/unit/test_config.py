@@ -399,7 +399,7 @@ def test_healthimaging_imports_from_s3_unless_a_compatible_endpoint_is_given() -
 def test_import_output_uri_checked() -> None:
     with pytest.raises(ConfigError, match=r"^STORE_SCP_IMPORT_OUTPUT_URI: only with .*=s3"):
         load_settings(import_output_uri="s3://outputs/")
-    for bad in ("file:///tmp/out", "s3://", "https://outputs/x"):
+    for bad in ("file:///srv/out", "s3://", "https://outputs/x"):
         with pytest.raises(ConfigError, match=r"is not an s3://bucket/prefix/ URI"):
             load_settings(**GATEWAY, import_output_uri=bad)
     with pytest.raises(ConfigError, match=r"must not be the landing prefix itself"):
