@@ -8,12 +8,15 @@ import os
 import signal
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .pipeline.policy import SealPolicy
 from .storage.base import ObjectStore
 from .tracking.base import Tracker
+
+if TYPE_CHECKING:
+    from .tracking.dynamodb import DynamoDbTracker
 
 log = logging.getLogger("store_scp.app")
 
@@ -40,18 +43,58 @@ def make_store(settings: Settings) -> ObjectStore:
     return LocalObjectStore(Path(settings.data_dir), fsync=settings.fsync)
 
 
+def make_dynamodb_tracker(settings: Settings) -> DynamoDbTracker:
+    from .tracking.dynamodb import DynamoDbTracker
+
+    return DynamoDbTracker(
+        settings.dynamodb_table_prefix,
+        endpoint_url=settings.dynamodb_endpoint_url,
+        region_name=settings.dynamodb_region,
+    )
+
+
 def make_tracker(settings: Settings) -> Tracker:
+    """The configured tracker; raises TrackerError when DynamoDB tables are missing."""
+    if settings.tracker == "dynamodb":
+        from .tracking.base import TrackerError
+
+        tracker = make_dynamodb_tracker(settings)
+        missing = tracker.missing_tables()
+        if missing:
+            raise TrackerError(
+                f"DynamoDB tracker tables missing: {', '.join(missing)}; create them with "
+                "`store-scp create-tables` (or deploy the CDK app)"
+            )
+        return tracker
     from .tracking.sqlite import SqliteTracker
 
     return SqliteTracker(tracker_path(settings))
 
 
+def make_output_store(settings: Settings) -> ObjectStore | None:
+    """Where import jobs write their outputs when it is not the object store's
+    `import-output/` folder (STORE_SCP_IMPORT_OUTPUT_URI); None otherwise."""
+    if not settings.import_output_uri:
+        return None
+    from .storage.s3 import S3ObjectStore
+
+    bucket, _, prefix = settings.import_output_uri.removeprefix("s3://").partition("/")
+    return S3ObjectStore(
+        bucket,
+        prefix=prefix,
+        staging_dir=Path(settings.data_dir) / "staging",
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        kms_key_id=settings.s3_kms_key_id,
+    )
+
+
 def make_worker(
     settings: Settings, store: ObjectStore, tracker: Tracker, *, owner: str
 ) -> tuple[Any, Any]:
-    """The import pipeline on the embedded datastore (in a background thread), and that
+    """The import pipeline (in a background thread) on the configured datastore, and that
     datastore."""
-    from .datastore.local import LocalDatastore, import_rejection
+    from .datastore.rules import import_rejection
     from .pipeline.policy import StartLimiter
     from .pipeline.worker import Pipeline, PipelineConfig, Worker
 
@@ -59,15 +102,20 @@ def make_worker(
     if settings.datastore == "healthimaging":
         from .datastore.healthimaging import HealthImagingDatastore
 
-        if not settings.healthimaging_datastore_id:
-            raise ValueError("STORE_SCP_HEALTHIMAGING_DATASTORE_ID is required for healthimaging")
+        assert settings.healthimaging_datastore_id is not None  # checked by the settings
         datastore = HealthImagingDatastore(
             settings.healthimaging_datastore_id,
             endpoint_url=settings.healthimaging_endpoint_url,
             region=settings.healthimaging_region,
         )
     else:
-        datastore = LocalDatastore(Path(settings.data_dir) / "datastore", fsync=settings.fsync)
+        from .datastore.local import LocalDatastore
+
+        datastore = LocalDatastore(
+            Path(settings.data_dir) / "datastore",
+            fsync=settings.fsync,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        )
     config = PipelineConfig(
         owner=owner,
         role_arn=settings.import_role_arn,
@@ -76,7 +124,14 @@ def make_worker(
             max_concurrent_jobs=settings.max_concurrent_import_jobs,
         ),
     )
-    pipeline = Pipeline(tracker, store, datastore, config, importable=import_rejection)
+    pipeline = Pipeline(
+        tracker,
+        store,
+        datastore,
+        config,
+        importable=import_rejection,
+        outputs=make_output_store(settings),
+    )
     return Worker(pipeline), datastore
 
 

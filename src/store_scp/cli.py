@@ -79,8 +79,10 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     Runs on the embedded default with no cloud account: objects under DATA_DIR/objects,
     tracking in DATA_DIR/tracker.sqlite3, and (unless STORE_SCP_PIPELINE=off) the import
     pipeline into the embedded datastore under DATA_DIR/datastore, whose HealthImaging API
-    listens on 127.0.0.1:8090. Stop with SIGTERM or Ctrl-C: listeners close,
-    associations get STORE_SCP_SHUTDOWN_GRACE seconds to finish, then are aborted.
+    listens on 127.0.0.1:8090. An on-premises gateway uses S3, DynamoDB and AWS HealthImaging
+    instead (STORE_SCP_OBJECT_STORE, STORE_SCP_TRACKER, STORE_SCP_DATASTORE). Stop with
+    SIGTERM or Ctrl-C: listeners close, associations get STORE_SCP_SHUTDOWN_GRACE seconds to
+    finish, then are aborted.
     """
     settings = _settings(config, **flags)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,7 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
 def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path | None) -> None:
     from .app import install_event_loop_policy, serve
     from .logs import setup_logging
+    from .tracking.base import TrackerError
 
     setup_logging(settings.log_level, log_phi=settings.log_phi)
     install_event_loop_policy()
@@ -106,7 +109,7 @@ def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path 
                 ready_file=ready_file if index == 0 else None,
             )
         )
-    except OSError as exc:
+    except (OSError, TrackerError) as exc:
         click.echo(f"store-scp: cannot start: {exc}", err=True)
         sys.exit(1)
 
@@ -176,13 +179,25 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON,
 
 
 def _open_tracker(data_dir: Path | None) -> Any:
-    from .app import make_tracker, tracker_path
+    """The configured tracker (STORE_SCP_TRACKER): the SQLite file of DATA_DIR, or DynamoDB."""
+    from .app import tracker_path
 
     settings = _settings(None, data_dir=data_dir)
-    if not tracker_path(settings).exists():
+    if settings.tracker == "sqlite" and not tracker_path(settings).exists():
         click.echo(f"store-scp: no tracker database under {settings.data_dir}", err=True)
         sys.exit(1)
-    return make_tracker(settings)
+    return _make_tracker(settings)
+
+
+def _make_tracker(settings: Any) -> Any:
+    from .app import make_tracker
+    from .tracking.base import TrackerError
+
+    try:
+        return make_tracker(settings)
+    except TrackerError as exc:
+        click.echo(f"store-scp: {exc}", err=True)
+        sys.exit(1)
 
 
 def _instance_item(r: Any) -> dict[str, Any]:
@@ -282,16 +297,16 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
 @_data_dir_option
 def worker(config: Path | None, data_dir: Path | None) -> None:
-    """Run the import pipeline alone (no DICOM listener), on a data folder shared with
-    receivers: seals batches whose receiver died, starts import jobs, records results.
-    Stop with SIGTERM or Ctrl-C."""
-    from .app import make_store, make_tracker, make_worker
+    """Run the import pipeline alone (no DICOM listener), on the receivers' object store and
+    tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver
+    died, starts import jobs, records results. Stop with SIGTERM or Ctrl-C."""
+    from .app import make_store, make_worker
     from .logs import setup_logging
 
     settings = _settings(config, data_dir=data_dir)
     setup_logging(settings.log_level, log_phi=settings.log_phi)
     store = make_store(settings)
-    tracker = make_tracker(settings)
+    tracker = _make_tracker(settings)
     owner = f"worker-{os.getpid():x}"
     pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
     stop = threading.Event()
@@ -301,6 +316,33 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
     stop.wait()
     pipeline_worker.stop()
     tracker.close()
+
+
+@main.command("create-tables")
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+def create_tables(config: Path | None) -> None:
+    """Create the DynamoDB tracker's six tables (on-demand capacity) where they are missing.
+
+    For an on-premises gateway or a test account; an AWS deployment's CDK app creates them.
+    Needs STORE_SCP_TRACKER=dynamodb; the tables are named STORE_SCP_DYNAMODB_TABLE_PREFIX-*.
+    """
+    from dataclasses import astuple
+
+    from .app import make_dynamodb_tracker
+
+    settings = _settings(config)
+    if settings.tracker != "dynamodb":
+        click.echo(
+            "store-scp: STORE_SCP_TRACKER is sqlite: its file is created on first use", err=True
+        )
+        sys.exit(2)
+    tracker = make_dynamodb_tracker(settings)
+    missing = tracker.missing_tables()
+    tracker.create_tables()
+    for name in missing:
+        click.echo(f"created {name}")
+    there = len(astuple(tracker.tables)) - len(missing)
+    click.echo(f"{len(missing)} table(s) created, {there} already there", err=True)
 
 
 def _register_client_commands() -> None:

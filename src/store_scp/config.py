@@ -40,7 +40,9 @@ Storage and durability
     ``STORE_SCP_FSYNC`` (``false`` is UNSAFE: objects may be acknowledged that a power loss
     destroys; for benchmarks only), ``STORE_SCP_OBJECT_STORE`` (``local`` or ``s3``),
     ``STORE_SCP_S3_BUCKET``, ``STORE_SCP_S3_PREFIX``, ``STORE_SCP_S3_ENDPOINT_URL``,
-    ``STORE_SCP_S3_REGION``, ``STORE_SCP_S3_KMS_KEY_ID``, ``STORE_SCP_TRACKER`` (``sqlite``).
+    ``STORE_SCP_S3_REGION``, ``STORE_SCP_S3_KMS_KEY_ID``, ``STORE_SCP_TRACKER`` (``sqlite`` or
+    ``dynamodb``), ``STORE_SCP_DYNAMODB_TABLE_PREFIX``, ``STORE_SCP_DYNAMODB_ENDPOINT_URL``,
+    ``STORE_SCP_DYNAMODB_REGION``.
 
 Access control and limits
     ``STORE_SCP_REQUIRE_CALLED_AE``, ``STORE_SCP_ALLOWED_CALLING_AES`` (empty = any),
@@ -58,9 +60,10 @@ Timeouts (seconds, all > 0)
 
 Import pipeline
     ``STORE_SCP_PIPELINE`` (``embedded`` or ``off``), ``STORE_SCP_DATASTORE`` (``local`` or
-    ``healthimaging``), ``STORE_SCP_HEALTHIMAGING_DATASTORE_ID``,
-    ``STORE_SCP_HEALTHIMAGING_ENDPOINT_URL``, ``STORE_SCP_HEALTHIMAGING_REGION``,
-    ``STORE_SCP_IMPORT_ROLE_ARN``,
+    ``healthimaging``; AWS HealthImaging needs ``STORE_SCP_OBJECT_STORE=s3``),
+    ``STORE_SCP_HEALTHIMAGING_DATASTORE_ID``, ``STORE_SCP_HEALTHIMAGING_ENDPOINT_URL``,
+    ``STORE_SCP_HEALTHIMAGING_REGION``, ``STORE_SCP_IMPORT_ROLE_ARN``,
+    ``STORE_SCP_IMPORT_OUTPUT_URI`` (``s3://bucket/prefix/`` for the job outputs),
     ``STORE_SCP_DATASTORE_API_BIND``, ``STORE_SCP_DATASTORE_API_PORT`` (the embedded
     datastore's HealthImaging API, loopback by default; -1 = disabled),
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
@@ -409,7 +412,23 @@ class Settings(BaseSettings):
     s3_kms_key_id: str | None = Field(
         default=None, description="KMS key for SSE-KMS; default: the bucket's default encryption."
     )
-    tracker: Literal["sqlite"] = Field(default="sqlite", description="Instance tracker backend.")
+    tracker: Literal["sqlite", "dynamodb"] = Field(
+        default="sqlite",
+        description="Where receipts, batches and jobs are tracked: `sqlite` "
+        "(data_dir/tracker.sqlite3) or `dynamodb` (six tables, see dynamodb_table_prefix).",
+    )
+    dynamodb_table_prefix: str = Field(
+        default="store-scp",
+        description="The DynamoDB tracker's tables are `<prefix>-receipts`, `-attempts`, "
+        "`-instances`, `-batches`, `-jobs` and `-counters`; `store-scp create-tables` creates "
+        "them (an AWS deployment's CDK app does).",
+    )
+    dynamodb_endpoint_url: str | None = Field(
+        default=None, description="DynamoDB endpoint URL (tests, local DynamoDB); default: AWS."
+    )
+    dynamodb_region: str | None = Field(
+        default=None, description="DynamoDB region; default: the AWS SDK's."
+    )
 
     # import pipeline
     pipeline: Literal["embedded", "off"] = Field(
@@ -424,16 +443,29 @@ class Settings(BaseSettings):
         "boto3, or any endpoint speaking its API).",
     )
     healthimaging_datastore_id: str | None = Field(
-        default=None, description="HealthImaging datastore id (required for `healthimaging`)."
+        default=None,
+        validate_default=True,
+        description="HealthImaging datastore id, 32 characters of [0-9a-z] (required for "
+        "`healthimaging`).",
     )
     healthimaging_endpoint_url: str | None = Field(
-        default=None, description="HealthImaging endpoint override (empty: the AWS default)."
+        default=None,
+        description="HealthImaging endpoint override (empty: the AWS default); a "
+        "HealthImaging-compatible endpoint may also import from the local object store.",
     )
     healthimaging_region: str | None = Field(default=None, description="AWS region.")
     import_role_arn: str = Field(
         default="",
-        description="IAM role HealthImaging assumes to read the input prefix and write the "
-        "job output (required by AWS).",
+        validate_default=True,
+        description="IAM role HealthImaging assumes to read the input prefix, write the job "
+        "outputs and use the KMS key (required for `healthimaging`).",
+    )
+    import_output_uri: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Where import jobs write their outputs, `s3://bucket/prefix/` (object_store "
+        "`s3` only); default: `import-output/` under the object store's root (the landing "
+        "prefix), outside every batch.",
     )
     datastore_api_bind: str = Field(
         default="127.0.0.1",
@@ -516,13 +548,15 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tls_cert", "tls_key", "tls_ca", "s3_bucket", "s3_endpoint_url", "s3_region",
-        "s3_kms_key_id", mode="before",
+        "s3_kms_key_id", "dynamodb_endpoint_url", "dynamodb_region",
+        "healthimaging_datastore_id", "healthimaging_endpoint_url", "healthimaging_region",
+        "import_output_uri", mode="before",
     )  # fmt: skip
     @classmethod
     def _optional_empty(cls, value: Any) -> Any:
         return _empty_to_none(value)
 
-    @field_validator("tls_profile", "object_store", "tracker", mode="before")
+    @field_validator("tls_profile", "object_store", "tracker", "datastore", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -697,12 +731,73 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         return value.strip().strip("/")
 
-    @field_validator("s3_endpoint_url", mode="after")
+    @field_validator(
+        "s3_endpoint_url", "dynamodb_endpoint_url", "healthimaging_endpoint_url", mode="after"
+    )
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"https?://[^/\s]+", value.strip()):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
         return value.strip() if value is not None else None
+
+    @field_validator("dynamodb_table_prefix", mode="after")
+    @classmethod
+    def _table_prefix(cls, value: str) -> str:
+        # DynamoDB table names: [a-zA-Z0-9_.-]{3,255}; the longest suffix is "-instances".
+        value = value.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,240}", value):
+            raise ValueError(
+                f"{value!r} cannot start a DynamoDB table name (1-240 characters of "
+                "A-Z a-z 0-9 _ . -)"
+            )
+        return value
+
+    @field_validator("healthimaging_datastore_id", mode="after")
+    @classmethod
+    def _datastore_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-z]{32}", value.strip()):
+            raise ValueError(f"{value!r} is not a datastore id (32 characters of 0-9 a-z)")
+        if value is None and info.data.get("datastore") == "healthimaging":
+            raise ValueError(f"required when {env_var('datastore')} is healthimaging")
+        return value.strip() if value is not None else None
+
+    @field_validator("import_role_arn", mode="after")
+    @classmethod
+    def _role_arn(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"arn:aws(-[^:]+)?:iam::[0-9]{12}:role/.+", value):
+            raise ValueError(
+                f"{value!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+            )
+        if not value and info.data.get("datastore") == "healthimaging":
+            raise ValueError(
+                f"required when {env_var('datastore')} is healthimaging: the role "
+                "HealthImaging assumes to read the landing bucket and write the job outputs"
+            )
+        return value
+
+    @field_validator("import_output_uri", mode="after")
+    @classmethod
+    def _output_uri(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if info.data.get("object_store") != "s3":
+            raise ValueError(
+                f"only with {env_var('object_store')}=s3 (the local object store keeps job "
+                "outputs under data_dir/objects/import-output/)"
+            )
+        match = re.fullmatch(r"s3://([a-z0-9][.\-a-z0-9]{1,61}[a-z0-9])(/.*)?", value)
+        if not match:
+            raise ValueError(f"{value!r} is not an s3://bucket/prefix/ URI")
+        path = (match.group(2) or "").strip("/")
+        bucket, prefix = info.data.get("s3_bucket"), info.data.get("s3_prefix", "")
+        if match.group(1) == bucket and path == prefix:
+            raise ValueError(
+                "must not be the landing prefix itself: give a folder outside every batch, "
+                f"e.g. s3://{bucket}/{prefix + '/' if prefix else ''}import-output/"
+            )
+        return f"s3://{match.group(1)}/{path}/" if path else f"s3://{match.group(1)}/"
 
     # Cross-field checks that need every field. ``field`` in the context names the setting
     # the message is reported under.
@@ -734,6 +829,26 @@ class Settings(BaseSettings):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _healthimaging_input(self) -> Settings:
+        if (
+            self.datastore == "healthimaging"
+            and self.object_store == "local"
+            and self.healthimaging_endpoint_url is None
+        ):
+            raise PydanticCustomError(
+                "combination",
+                "{detail}",
+                {
+                    "field": "datastore",
+                    "detail": f"AWS HealthImaging imports from S3 only: set "
+                    f"{env_var('object_store')}=s3 (a local object store works only with a "
+                    f"HealthImaging-compatible endpoint in "
+                    f"{env_var('healthimaging_endpoint_url')})",
+                },
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # loading and documentation
@@ -760,7 +875,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         where = [f"item {p + 1}" if isinstance(p, int) else repr(p) for p in loc[1:]]
         if where:
             message = f"{' '.join(where)}: {message}"
-        if error["type"] not in ("value_error", "port_conflict") and loc:
+        if error["type"] not in ("value_error", "port_conflict", "combination") and loc:
             message = f"{message} (got {_short(error.get('input'))})"
         problems.append((var, message))
     return problems

@@ -346,6 +346,71 @@ def test_s3_settings(clean_env: pytest.MonkeyPatch) -> None:
         load_settings(s3_bucket="s3://landing-bucket/incoming")
 
 
+GATEWAY = {
+    "object_store": "s3",
+    "s3_bucket": "landing",
+    "s3_prefix": "incoming",
+    "tracker": "dynamodb",
+    "datastore": "healthimaging",
+    "healthimaging_datastore_id": "0123456789abcdef0123456789abcdef",
+    "import_role_arn": "arn:aws:iam::123456789012:role/store-scp-import",
+}
+
+
+def test_on_premises_gateway_settings(clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in GATEWAY.items():
+        clean_env.setenv(env_var(name), value)
+    clean_env.setenv("STORE_SCP_TRACKER", "DynamoDB")
+    clean_env.setenv("STORE_SCP_DYNAMODB_TABLE_PREFIX", "scp-prod")
+    clean_env.setenv("STORE_SCP_DYNAMODB_ENDPOINT_URL", "http://127.0.0.1:8000")
+    s = load_settings()
+    assert (s.tracker, s.dynamodb_table_prefix) == ("dynamodb", "scp-prod")
+    assert s.dynamodb_endpoint_url == "http://127.0.0.1:8000"
+    assert s.import_output_uri is None  # the pipeline uses s3://landing/incoming/import-output/
+    assert (
+        load_settings(import_output_uri="s3://outputs/hi").import_output_uri == "s3://outputs/hi/"
+    )
+
+
+def test_healthimaging_needs_its_datastore_id_and_role() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(object_store="s3", s3_bucket="landing", datastore="healthimaging")
+    assert lines_of(exc) == [
+        "STORE_SCP_HEALTHIMAGING_DATASTORE_ID: required when STORE_SCP_DATASTORE is healthimaging",
+        "STORE_SCP_IMPORT_ROLE_ARN: required when STORE_SCP_DATASTORE is healthimaging: the role "
+        "HealthImaging assumes to read the landing bucket and write the job outputs",
+    ]
+    with pytest.raises(ConfigError) as exc:
+        load_settings(**{**GATEWAY, "healthimaging_datastore_id": "x", "import_role_arn": "r"})
+    assert [line.split(":")[0] for line in lines_of(exc)] == [
+        "STORE_SCP_HEALTHIMAGING_DATASTORE_ID",
+        "STORE_SCP_IMPORT_ROLE_ARN",
+    ]
+
+
+def test_healthimaging_imports_from_s3_unless_a_compatible_endpoint_is_given() -> None:
+    local_input = {**GATEWAY, "object_store": "local", "s3_bucket": None}
+    with pytest.raises(ConfigError, match=r"^STORE_SCP_DATASTORE: AWS HealthImaging imports "):
+        load_settings(**local_input)
+    endpoint = "http://127.0.0.1:8090"
+    assert load_settings(**local_input, healthimaging_endpoint_url=endpoint).datastore
+
+
+def test_import_output_uri_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^STORE_SCP_IMPORT_OUTPUT_URI: only with .*=s3"):
+        load_settings(import_output_uri="s3://outputs/")
+    for bad in ("file:///srv/out", "s3://", "https://outputs/x"):
+        with pytest.raises(ConfigError, match=r"is not an s3://bucket/prefix/ URI"):
+            load_settings(**GATEWAY, import_output_uri=bad)
+    with pytest.raises(ConfigError, match=r"must not be the landing prefix itself"):
+        load_settings(**GATEWAY, import_output_uri="s3://landing/incoming/")
+
+
+def test_dynamodb_table_prefix_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^STORE_SCP_DYNAMODB_TABLE_PREFIX: 'a b' cannot"):
+        load_settings(tracker="dynamodb", dynamodb_table_prefix="a b")
+
+
 def test_ae_title_stripped_and_unknown_override_rejected() -> None:
     assert load_settings(ae_title=" SCP  ").ae_title == "SCP"
     with pytest.raises(ConfigError) as exc:

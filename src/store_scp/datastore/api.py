@@ -41,8 +41,10 @@ Test hooks: `make_app(..., test_hooks=True)` adds `POST /_store-scp/test-hooks` 
 `fail_files`, `hold_jobs`, `clear_faults`), so that tests can inject faults into a datastore
 served by another process. Never enable it in production.
 
-Run it alone: `python -m store_scp.datastore.api --root DIR [--port N] [--test-hooks]` prints
-`listening on http://127.0.0.1:PORT` and serves until SIGTERM or SIGINT.
+Run it alone: `python -m store_scp.datastore.api --root DIR [--port N] [--s3-endpoint-url URL]
+[--test-hooks]` prints `listening on http://127.0.0.1:PORT` and serves until SIGTERM or SIGINT.
+With `--s3-endpoint-url` it stands in for HealthImaging in front of any S3 endpoint: jobs read
+`s3://` input and write `s3://` outputs there with boto3.
 """
 
 from __future__ import annotations
@@ -68,14 +70,8 @@ from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.validate import ParamValidator
 
 from store_scp.datastore.base import DatastoreError
-from store_scp.datastore.local import (
-    ACCESS_DENIED,
-    DEFAULT_DATASTORE_ID,
-    INTERNAL,
-    NOT_FOUND,
-    VALIDATION,
-    LocalDatastore,
-)
+from store_scp.datastore.local import DEFAULT_DATASTORE_ID, LocalDatastore
+from store_scp.datastore.local.errors import ACCESS_DENIED, INTERNAL, NOT_FOUND, VALIDATION
 
 __all__ = [
     "SERVICE_NAME",
@@ -646,13 +642,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lossless-format", choices=("auto", "htj2k", "original"), default="auto")
+    parser.add_argument(
+        "--s3-endpoint-url",
+        help="S3 endpoint for s3:// job input and output (default: AWS); credentials and "
+        "region come from the environment, as for any boto3 client",
+    )
     parser.add_argument("--test-hooks", action="store_true", help="enable fault injection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
     async def serve() -> None:
         datastore = LocalDatastore(
-            args.root, args.datastore_id, lossless_format=args.lossless_format
+            args.root,
+            args.datastore_id,
+            lossless_format=args.lossless_format,
+            s3_endpoint_url=args.s3_endpoint_url,
         )
         try:
             runner, port = await start_api_server(

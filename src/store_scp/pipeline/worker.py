@@ -38,7 +38,9 @@ Importable = Callable[[str, str], str | None]  # (SOP class, transfer syntax) ->
 class PipelineConfig:
     owner: str
     role_arn: str = ""  # HealthImaging assumes it to read the input (AWS only)
-    output_prefix: str = "job-output/"  # where job outputs go, in the object store
+    #: Where job outputs go in the object store (outside every batch), unless the Pipeline
+    #: is given an `outputs` store.
+    output_prefix: str = "import-output/"
     seal: SealPolicy = field(default_factory=SealPolicy)
     limiter: StartLimiter = field(default_factory=StartLimiter)
     #: How long to wait for a manifest after the job ended before failing its receipts.
@@ -63,10 +65,15 @@ class Pipeline:
         config: PipelineConfig,
         *,
         importable: Importable | None = None,
+        outputs: ObjectStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tracker = tracker
         self.store = store
+        # Job outputs: the root of `outputs` (e.g. another bucket), else a folder of `store`.
+        self.outputs, self._outputs_prefix = (
+            (outputs, "") if outputs is not None else (store, config.output_prefix)
+        )
         self.datastore = datastore
         self.config = config
         self.importable = importable
@@ -148,7 +155,7 @@ class Pipeline:
                 job_name=job_name(batch_id),
                 client_token=client_token(batch_id),
                 input_uri=self.store.uri(f"{batch_id}/"),
-                output_uri=self.store.uri(self.config.output_prefix),
+                output_uri=self.outputs.uri(self._outputs_prefix),
                 role_arn=self.config.role_arn,
             )
         except DatastoreError as exc:
@@ -224,14 +231,17 @@ class Pipeline:
     def _record_results(
         self, batch_id: str, output_uri: str, ended_at: float | None, now: float
     ) -> bool:
-        base = self.store.uri("")
-        if not output_uri.startswith(base):
-            raise ValueError(f"job output {output_uri} is outside the object store {base}")
-        prefix = output_uri[len(base) :]
+        # A job started before the output location was reconfigured wrote into the old one.
+        source = next(
+            (s for s in (self.outputs, self.store) if output_uri.startswith(s.uri(""))), None
+        )
+        if source is None:
+            raise ValueError(f"job output {output_uri} is outside the output store")
+        prefix = output_uri[len(source.uri("")) :]
         receipts = self.tracker.receipts_in_batch(batch_id)
         importing = {r.key for r in receipts if r.state is State.IMPORTING}
         try:
-            output = read_job_output(self.store, prefix, batch_id, [r.key for r in receipts])
+            output = read_job_output(source, prefix, batch_id, [r.key for r in receipts])
         except OutputNotReady:
             if ended_at is not None and now - ended_at > self.config.output_wait_seconds:
                 self._fail_job(batch_id, "job outputs never appeared", now)

@@ -231,6 +231,18 @@ class DynamoDbTracker(TrackerConveniences):
             for spec in specs:
                 waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
 
+    def missing_tables(self) -> list[str]:
+        """The tables DescribeTable says do not exist. A table it cannot describe (access
+        denied, ...) counts as present: a narrow IAM policy must not stop a working tracker."""
+        missing = []
+        for name in (getattr(self.tables, f.name) for f in fields(TableNames)):
+            try:
+                self._client.describe_table(TableName=name)
+            except ClientError as exc:
+                if _code(exc) == "ResourceNotFoundException":
+                    missing.append(name)
+        return missing
+
     def delete_tables(self) -> None:
         """Delete the six tables (tests and dev)."""
         for name in (getattr(self.tables, f.name) for f in fields(TableNames)):
