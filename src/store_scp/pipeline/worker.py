@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
@@ -84,6 +84,7 @@ class Pipeline:
             if batch.lease_expires_at > now or batch.files == 0:
                 continue
             if self.tracker.seal_batch(batch.batch_id, self.config.owner, now=now):
+                failpoints.hit("worker.orphan_sealed")
                 log.info("batch sealed", extra={"batch_id": batch.batch_id, "why": "orphaned"})
                 sealed.append(batch.batch_id)
         return sealed
@@ -138,10 +139,12 @@ class Pipeline:
                 return False
             if not admitted:
                 return False  # nothing left to import (all failed or superseded)
+            failpoints.hit("worker.admitted")
             if not self.tracker.record_job_start(
                 batch_id, client_token(batch_id), job_name(batch_id), now=now
             ):
                 return False  # another worker won the start
+            failpoints.hit("worker.job_recorded")
         self.config.limiter.take(now)
         try:
             job_id = self.datastore.start_import_job(
@@ -165,6 +168,7 @@ class Pipeline:
                 return False
             self._fail_job(batch_id, f"import job could not start: {exc}", now)
             return False
+        failpoints.hit("worker.job_started")
         self._attempts.pop(batch_id, None)
         self._retry_at.pop(batch_id, None)
         self.tracker.set_job_id(batch_id, job_id, submitted_at=now)
@@ -174,6 +178,7 @@ class Pipeline:
 
     def _fail_job(self, batch_id: str, message: str, now: float) -> None:
         self.tracker.update_job(batch_id, status=JobStatus.FAILED, message=message, now=now)
+        failpoints.hit("worker.job_failed")
         keys = [
             r.key for r in self.tracker.receipts_in_batch(batch_id) if r.state is State.IMPORTING
         ]
@@ -211,6 +216,7 @@ class Pipeline:
                 output_uri=self.datastore.job_output_prefix(status),
                 now=now,
             )
+            failpoints.hit("worker.job_ended")
             if status.status is DatastoreJobStatus.FAILED:
                 self._fail_job(job.batch_id, f"import job failed: {status.message}", now)
                 done.append(job.batch_id)
@@ -237,6 +243,7 @@ class Pipeline:
                 self._fail_job(batch_id, "job outputs never appeared", now)
                 return True
             return False  # the manifest can appear after the status: read again later
+        failpoints.hit("worker.outputs_read")
         self.tracker.mark_imported_many(
             batch_id,
             [
@@ -245,6 +252,7 @@ class Pipeline:
             ],
             at=now,
         )
+        failpoints.hit("worker.results_partial")
         for failed in output.failed:
             self.tracker.mark_failed([failed.key], failed.reason, batch_id, at=now)
         answered = {i.key for i in output.imported} | {f.key for f in output.failed}

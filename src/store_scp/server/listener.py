@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..datastore.rules import import_rejection
 from ..dicom.negotiation import Policy
 from ..pipeline.batching import BatchAllocator
@@ -43,7 +43,10 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
 
 
 def _seal(tracker: Tracker, *, batch_id: str, owner: str) -> bool:
-    return tracker.seal_batch(batch_id, owner)
+    sealed = tracker.seal_batch(batch_id, owner)
+    if sealed:
+        failpoints.hit("receive.sealed")
+    return sealed
 
 
 def _fail_at_once(tracker: Tracker, *, key: str, reason: str) -> set[str]:
