@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("store_scp.listener")
 
-#: How long this process's batches stay its own without a renewal (renewed every third).
-LEASE_SECONDS = 60.0
-
 # An AWS NLB drops a connection idle for 350 s: probe well before that.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
 
@@ -81,6 +78,8 @@ class Server:
         self.max_per_ae = settings.max_associations_per_ae
         # This process's identity as the owner of its open batches (a lease in the tracker).
         self.owner = f"{socket.gethostname()}-{os.getpid():x}-{secrets.token_hex(3)}"
+        # How long its batches stay its own without a renewal (renewed every third of it).
+        self.lease_seconds = settings.batch_lease_seconds
         self.seal_policy = SealPolicy()
         self.last_association_end = 0.0
         self.receipts = ReceiptWriter(tracker)
@@ -165,7 +164,7 @@ class Server:
 
     def _open_batch(self, batch_id: str) -> None:
         self.receipts.submit_call(
-            lambda t: t.open_batch(batch_id, f"{batch_id}/", self.owner, LEASE_SECONDS)
+            lambda t: t.open_batch(batch_id, f"{batch_id}/", self.owner, self.lease_seconds)
         )
 
     def _renewed(self, renewed: list[str]) -> None:
@@ -192,7 +191,7 @@ class Server:
                 log.info("batch closing", extra={"batch_id": batch.batch_id, "why": reason})
                 self.batches.roll()
             self._seal_closed()
-            if now - last_renewal > LEASE_SECONDS / 3:
+            if now - last_renewal > self.lease_seconds / 3:
                 last_renewal = now
                 self.receipts.submit_call(lambda t: self._renewed(t.renew_lease(self.owner)))
 
