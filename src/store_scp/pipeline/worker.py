@@ -25,6 +25,7 @@ from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
 from ..tracking.base import Admission, ImportedInstance, JobStatus, State, Tracker
+from ..tracking.reconcile import reconcile
 from .policy import SealPolicy, StartLimiter, backoff
 from .results import OutputNotReady, read_job_output
 
@@ -73,15 +74,28 @@ class Pipeline:
         self.clock = clock
         self._retry_at: dict[str, float] = {}  # batch id -> earliest next start attempt
         self._attempts: dict[str, int] = {}
+        self._reconciled: set[str] = set()  # orphaned batches whose objects all have receipts
 
     # --- sealing ---------------------------------------------------------------------------
 
     def seal_orphans(self) -> list[str]:
-        """Seal OPEN batches whose owner's lease expired (never a live owner's)."""
+        """Seal OPEN batches whose owner's lease expired (never a live owner's).
+
+        A dead owner may have committed objects whose receipts it never wrote. They are
+        registered first (the reconciler, over the batch's prefix, once per orphan): else the
+        job would import objects that no receipt stands for, and they would never get an
+        outcome.
+        """
         now = self.clock()
         sealed = []
         for batch in self.tracker.open_batches():
-            if batch.lease_expires_at > now or batch.files == 0:
+            if batch.lease_expires_at > now:
+                continue
+            if batch.batch_id not in self._reconciled:
+                reconcile(self.store, self.tracker, prefix=batch.prefix)
+                self._reconciled.add(batch.batch_id)
+                batch = self.tracker.batch(batch.batch_id) or batch
+            if batch.files == 0:
                 continue
             if self.tracker.seal_batch(batch.batch_id, self.config.owner, now=now):
                 failpoints.hit("worker.orphan_sealed")
