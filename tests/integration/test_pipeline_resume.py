@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
+from store_scp.tracking.base import JobStatus
 from tests.dicomfactory import secondary_capture
 from tests.integration.test_pipeline_faults import Rig
 
@@ -55,3 +56,17 @@ def test_an_orphaned_batch_without_any_recorded_receipt_is_imported(rig: Rig) ->
     key = commit_unrecorded(rig, "b1", generate_uid(), generate_uid())
     rig.run_until(lambda: rig.final("b1"))
     assert rig.states("b1") == {key: "IMPORTED"}
+
+
+def test_a_refused_start_interrupted_before_its_receipts_failed_fails_them(rig: Rig) -> None:
+    keys = [rig.receive("b1", study=generate_uid(), series=generate_uid()) for _ in range(2)]
+    rig.seal("b1")
+    # Where `_fail_job` was killed after recording the job FAILED (`worker.job_failed`).
+    why = "import job could not start: AccessDeniedException: not allowed"
+    rig.tracker.mark_importing(keys, "b1")
+    assert rig.tracker.record_job_start("b1", "b1", "b1")
+    rig.tracker.update_job("b1", status=JobStatus.FAILED, message=why)
+    rig.run_until(lambda: rig.final("b1"))
+    assert rig.states("b1") == dict.fromkeys(keys, "FAILED")
+    assert {rig.tracker.receipt_status(k).reason for k in keys} == {why}  # type: ignore[union-attr]
+    assert rig.datastore.list_dicom_import_jobs()["jobSummaries"] == []

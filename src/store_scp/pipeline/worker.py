@@ -208,7 +208,13 @@ class Pipeline:
         done = []
         now = self.clock()
         for job in self.tracker.jobs():
-            if job.results_at is not None or job.job_id is None:
+            if job.results_at is not None:
+                continue
+            if job.job_id is None:
+                if job.status is JobStatus.FAILED:
+                    # A start refused for good, interrupted before its receipts were marked.
+                    self._fail_job(job.batch_id, job.message, now)
+                    done.append(job.batch_id)
                 continue
             try:
                 status = self.datastore.get_import_job(job.job_id)
