@@ -67,6 +67,7 @@ Import pipeline
     ``STORE_SCP_DATASTORE_API_BIND``, ``STORE_SCP_DATASTORE_API_PORT`` (the embedded
     datastore's HealthImaging API, loopback by default; -1 = disabled),
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
+    ``STORE_SCP_BATCH_LEASE_SECONDS``,
     ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``.
 
 Logging
@@ -486,6 +487,12 @@ class Settings(BaseSettings):
     )
     seal_max_age_seconds: float = Field(
         default=300.0, gt=0, description="Seal a batch at this age, whatever its traffic."
+    )
+    batch_lease_seconds: float = Field(
+        default=60.0,
+        ge=3,
+        description="A receiver's open batch stays its own this long without a renewal "
+        "(renewed every third of it); once it lapses (the receiver died), any worker seals it.",
     )
     import_start_rate: float = Field(
         default=0.25, gt=0, description="StartDICOMImportJob calls per second, at most."

@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
 from ..tracking.base import Admission, ImportedInstance, JobStatus, State, Tracker
+from ..tracking.reconcile import reconcile
 from .policy import SealPolicy, StartLimiter, backoff
 from .results import OutputNotReady, read_job_output
 
@@ -80,17 +81,31 @@ class Pipeline:
         self.clock = clock
         self._retry_at: dict[str, float] = {}  # batch id -> earliest next start attempt
         self._attempts: dict[str, int] = {}
+        self._reconciled: set[str] = set()  # orphaned batches whose objects all have receipts
 
     # --- sealing ---------------------------------------------------------------------------
 
     def seal_orphans(self) -> list[str]:
-        """Seal OPEN batches whose owner's lease expired (never a live owner's)."""
+        """Seal OPEN batches whose owner's lease expired (never a live owner's).
+
+        A dead owner may have committed objects whose receipts it never wrote. They are
+        registered first (the reconciler, over the batch's prefix, once per orphan): else the
+        job would import objects that no receipt stands for, and they would never get an
+        outcome.
+        """
         now = self.clock()
         sealed = []
         for batch in self.tracker.open_batches():
-            if batch.lease_expires_at > now or batch.files == 0:
+            if batch.lease_expires_at > now:
+                continue
+            if batch.batch_id not in self._reconciled:
+                reconcile(self.store, self.tracker, prefix=batch.prefix)
+                self._reconciled.add(batch.batch_id)
+                batch = self.tracker.batch(batch.batch_id) or batch
+            if batch.files == 0:
                 continue
             if self.tracker.seal_batch(batch.batch_id, self.config.owner, now=now):
+                failpoints.hit("worker.orphan_sealed")
                 log.info("batch sealed", extra={"batch_id": batch.batch_id, "why": "orphaned"})
                 sealed.append(batch.batch_id)
         return sealed
@@ -145,10 +160,12 @@ class Pipeline:
                 return False
             if not admitted:
                 return False  # nothing left to import (all failed or superseded)
+            failpoints.hit("worker.admitted")
             if not self.tracker.record_job_start(
                 batch_id, client_token(batch_id), job_name(batch_id), now=now
             ):
                 return False  # another worker won the start
+            failpoints.hit("worker.job_recorded")
         self.config.limiter.take(now)
         try:
             job_id = self.datastore.start_import_job(
@@ -172,6 +189,7 @@ class Pipeline:
                 return False
             self._fail_job(batch_id, f"import job could not start: {exc}", now)
             return False
+        failpoints.hit("worker.job_started")
         self._attempts.pop(batch_id, None)
         self._retry_at.pop(batch_id, None)
         self.tracker.set_job_id(batch_id, job_id, submitted_at=now)
@@ -181,6 +199,7 @@ class Pipeline:
 
     def _fail_job(self, batch_id: str, message: str, now: float) -> None:
         self.tracker.update_job(batch_id, status=JobStatus.FAILED, message=message, now=now)
+        failpoints.hit("worker.job_failed")
         keys = [
             r.key for r in self.tracker.receipts_in_batch(batch_id) if r.state is State.IMPORTING
         ]
@@ -196,7 +215,13 @@ class Pipeline:
         done = []
         now = self.clock()
         for job in self.tracker.jobs():
-            if job.results_at is not None or job.job_id is None:
+            if job.results_at is not None:
+                continue
+            if job.job_id is None:
+                if job.status is JobStatus.FAILED:
+                    # A start refused for good, interrupted before its receipts were marked.
+                    self._fail_job(job.batch_id, job.message, now)
+                    done.append(job.batch_id)
                 continue
             try:
                 status = self.datastore.get_import_job(job.job_id)
@@ -218,6 +243,7 @@ class Pipeline:
                 output_uri=self.datastore.job_output_prefix(status),
                 now=now,
             )
+            failpoints.hit("worker.job_ended")
             if status.status is DatastoreJobStatus.FAILED:
                 self._fail_job(job.batch_id, f"import job failed: {status.message}", now)
                 done.append(job.batch_id)
@@ -247,6 +273,7 @@ class Pipeline:
                 self._fail_job(batch_id, "job outputs never appeared", now)
                 return True
             return False  # the manifest can appear after the status: read again later
+        failpoints.hit("worker.outputs_read")
         self.tracker.mark_imported_many(
             batch_id,
             [
@@ -255,6 +282,7 @@ class Pipeline:
             ],
             at=now,
         )
+        failpoints.hit("worker.results_partial")
         for failed in output.failed:
             self.tracker.mark_failed([failed.key], failed.reason, batch_id, at=now)
         answered = {i.key for i in output.imported} | {f.key for f in output.failed}

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..datastore.rules import import_rejection
 from ..dicom.negotiation import Policy
 from ..pipeline.batching import BatchAllocator
@@ -35,15 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("store_scp.listener")
 
-#: How long this process's batches stay its own without a renewal (renewed every third).
-LEASE_SECONDS = 60.0
-
 # An AWS NLB drops a connection idle for 350 s: probe well before that.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
 
 
 def _seal(tracker: Tracker, *, batch_id: str, owner: str) -> bool:
-    return tracker.seal_batch(batch_id, owner)
+    sealed = tracker.seal_batch(batch_id, owner)
+    if sealed:
+        failpoints.hit("receive.sealed")
+    return sealed
 
 
 def _fail_at_once(tracker: Tracker, *, key: str, reason: str) -> set[str]:
@@ -78,6 +78,8 @@ class Server:
         self.max_per_ae = settings.max_associations_per_ae
         # This process's identity as the owner of its open batches (a lease in the tracker).
         self.owner = f"{socket.gethostname()}-{os.getpid():x}-{secrets.token_hex(3)}"
+        # How long its batches stay its own without a renewal (renewed every third of it).
+        self.lease_seconds = settings.batch_lease_seconds
         self.seal_policy = SealPolicy()
         self.last_association_end = 0.0
         self.receipts = ReceiptWriter(tracker)
@@ -162,7 +164,7 @@ class Server:
 
     def _open_batch(self, batch_id: str) -> None:
         self.receipts.submit_call(
-            lambda t: t.open_batch(batch_id, f"{batch_id}/", self.owner, LEASE_SECONDS)
+            lambda t: t.open_batch(batch_id, f"{batch_id}/", self.owner, self.lease_seconds)
         )
 
     def _renewed(self, renewed: list[str]) -> None:
@@ -189,7 +191,7 @@ class Server:
                 log.info("batch closing", extra={"batch_id": batch.batch_id, "why": reason})
                 self.batches.roll()
             self._seal_closed()
-            if now - last_renewal > LEASE_SECONDS / 3:
+            if now - last_renewal > self.lease_seconds / 3:
                 last_renewal = now
                 self.receipts.submit_call(lambda t: self._renewed(t.renew_lease(self.owner)))
 

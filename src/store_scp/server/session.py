@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..dicom import association as A
 from ..dicom import dimse
 from ..dicom import pdu as P
@@ -498,6 +498,7 @@ class Session(asyncio.BufferedProtocol):
         t0 = time.monotonic()
         try:
             store.commit(stored.staging, stored.key)
+            failpoints.hit("receive.committed")
             return None
         except StorageError as exc:
             log.error(
@@ -535,6 +536,7 @@ class Session(asyncio.BufferedProtocol):
         self._answer_store(ctx_id, command, failure, op=op, stored=stored)
         op.close_file()
         if failure is None:
+            failpoints.hit("receive.answered")
             self.server.record_receipt(self._receipt(stored))
         self.server.batches.done(stored.batch_id)
         if self._spare is None and not self.closed:
