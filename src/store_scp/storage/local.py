@@ -18,6 +18,12 @@ files: such keys are refused, and `list_keys` never yields such entries.
 Committing a key that already exists replaces the object atomically: readers see the old or the
 new bytes, never a mix. The store does not make keys unique; callers do (the receiver puts every
 receipt under its own batch prefix and key).
+
+`copy` and `put_bytes` write a staging file and commit it, so they are exactly as durable.
+`move` is a rename: the object is under one key at every moment; both folders are fsynced
+before it returns. `delete` fsyncs the folder too, so a deletion recorded in the tracker stays
+done after a power loss. Folders emptied by `move` and `delete` are removed (a commit into a
+folder removed meanwhile creates it again).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -176,6 +184,23 @@ class LocalObjectStore:
     def _path(self, key: str) -> str:
         return os.path.join(self._objects, validate_key(key))
 
+    def _new_staging(self, key: str) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.staging_dir, prefix="w-", suffix=STAGING_SUFFIX)
+        os.close(fd)
+        return Path(name)
+
+    def _prune(self, folder: str) -> None:
+        """Remove `folder` and its ancestors below the objects folder while they are empty.
+        Not fsynced: an empty folder that comes back after a crash is harmless."""
+        d = folder
+        while d != self._objects and d.startswith(self._objects + os.sep):
+            self._known_dirs.discard(d)
+            try:
+                os.rmdir(d)
+            except OSError:
+                return  # not empty (or gone): its ancestors are not empty either
+            d = os.path.dirname(d)
+
     # -- the ObjectStore port ----------------------------------------------------------------
 
     def commit(self, staging: Path, key: str) -> CommittedObject:
@@ -276,14 +301,92 @@ class LocalObjectStore:
             raise StorageError(f"open of {key} failed: {_errno_name(exc)}") from exc
 
     def delete(self, key: str) -> None:
-        """Remove an object; a missing key is fine. Not fsynced: a crash may bring it back."""
+        """Remove an object durably (its folder is fsynced); a missing key is fine."""
         path = self._path(key)
         try:
             os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             raise StorageError(f"delete of {key} failed: {_errno_name(exc)}") from exc
+        try:
+            if self.fsync:
+                self._fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise StorageError(
+                f"delete of {key}: fsync of its folder failed: {_errno_name(exc)}"
+            ) from exc
+        self._prune(os.path.dirname(path))
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Commit `data` under `key` through a staging file (`content_type` is for S3)."""
+        validate_key(key)
+        staging = self._new_staging(key)
+        try:
+            with open(staging, "wb") as f:
+                f.write(data)
+            self.commit(staging, key)
+        except OSError as exc:
+            raise StorageError(f"write of {key} failed: {_errno_name(exc)}") from exc
+        finally:
+            self.discard(staging)  # gone already after a commit
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy into a staging file, then commit it under `dst`."""
+        source = self._path(src)
+        validate_key(dst)
+        staging = self._new_staging(dst)
+        try:
+            shutil.copyfile(source, staging)
+            self.commit(staging, dst)
+        except FileNotFoundError as exc:
+            if os.path.exists(source):
+                raise StorageError(f"copy of {src} to {dst} failed: staging file vanished") from exc
+            raise
+        except OSError as exc:
+            raise StorageError(f"copy of {src} to {dst} failed: {_errno_name(exc)}") from exc
+        finally:
+            self.discard(staging)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst`, then fsync the destination folder and the source folder."""
+        source, dest = self._path(src), self._path(dst)
+        folder, source_folder = os.path.dirname(dest), os.path.dirname(source)
+        step = "creation of the destination's folders"
+        try:
+            if folder not in self._known_dirs:
+                self._ensure_dir_chain(folder)
+            step = "rename"
+            try:
+                os.rename(source, dest)
+            except FileNotFoundError:
+                if not os.path.exists(source):
+                    if os.path.isfile(dest):
+                        return  # moved already: a replay
+                    raise FileNotFoundError(errno.ENOENT, f"no object {src}") from None
+                # Cached folders were removed behind our back: create them again.
+                self._forget_dirs(folder)
+                step = "re-creation of the destination's folders"
+                self._ensure_dir_chain(folder)
+                step = "rename"
+                os.rename(source, dest)
+            if self.fsync:
+                step = "fsync of the destination folder"
+                self._fsync_dir(folder)
+                step = "fsync of the source folder"
+                self._fsync_dir(source_folder)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                f"move of {src} to {dst}: {step} failed: {_errno_name(exc)}"
+            ) from exc
+        self._prune(source_folder)
 
     def uri(self, prefix: str) -> str:
         """`file://` URI of the folder of `prefix`, ending with '/'."""
