@@ -6,6 +6,12 @@
   derived from the batch, so a retried start can never create a second job.
 - `poll_jobs`: follow running jobs; on the end, read the outputs (retrying while the manifest
   is missing) and give every receipt its outcome.
+- `clean_up`: delete imported objects once kept long enough, move failed ones to quarantine
+  (`pipeline.cleanup`).
+
+Before a job starts, its batch's prefix holds exactly what it must import: objects of receipts
+that failed without a job (not importable, superseded) are quarantined first, and a retry
+batch's copies are made (`pipeline.retry`).
 
 `Worker` runs them in a loop (the embedded default and `store-scp worker`); the AWS Lambda
 handlers of the deployment will call the same functions.
@@ -24,9 +30,19 @@ from .. import metrics
 from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
-from ..tracking.base import Admission, ImportedInstance, JobStatus, State, Tracker
+from ..storage.layout import JOB_OUTPUT_PREFIX, RETRY_PREFIX, job_object_key
+from ..tracking.base import (
+    Admission,
+    ImportedInstance,
+    JobStatus,
+    ReceiptStatus,
+    State,
+    Tracker,
+)
+from .cleanup import CleanupPolicy, clean_up, clean_up_receipt
 from .policy import SealPolicy, StartLimiter, backoff
 from .results import OutputNotReady, read_job_output
+from .retry import stage_retry_copies
 
 log = logging.getLogger("store_scp.pipeline")
 
@@ -38,9 +54,10 @@ Importable = Callable[[str, str], str | None]  # (SOP class, transfer syntax) ->
 class PipelineConfig:
     owner: str
     role_arn: str = ""  # HealthImaging assumes it to read the input (AWS only)
-    output_prefix: str = "job-output/"  # where job outputs go, in the object store
+    output_prefix: str = JOB_OUTPUT_PREFIX  # where job outputs go, in the object store
     seal: SealPolicy = field(default_factory=SealPolicy)
     limiter: StartLimiter = field(default_factory=StartLimiter)
+    cleanup: CleanupPolicy = field(default_factory=CleanupPolicy)
     #: How long to wait for a manifest after the job ended before failing its receipts.
     output_wait_seconds: float = 600.0
 
@@ -73,6 +90,7 @@ class Pipeline:
         self.clock = clock
         self._retry_at: dict[str, float] = {}  # batch id -> earliest next start attempt
         self._attempts: dict[str, int] = {}
+        self._next_cleanup = 0.0
 
     # --- sealing ---------------------------------------------------------------------------
 
@@ -81,7 +99,9 @@ class Pipeline:
         now = self.clock()
         sealed = []
         for batch in self.tracker.open_batches():
-            if batch.lease_expires_at > now or batch.files == 0:
+            # A retry batch counts no files (its receipts were received elsewhere).
+            empty = batch.files == 0 and not batch.prefix.startswith(RETRY_PREFIX)
+            if batch.lease_expires_at > now or empty:
                 continue
             if self.tracker.seal_batch(batch.batch_id, self.config.owner, now=now):
                 log.info("batch sealed", extra={"batch_id": batch.batch_id, "why": "orphaned"})
@@ -127,10 +147,40 @@ class Pipeline:
         admission = self.tracker.mark_importing(keys, batch_id, now=now)
         if any(a in (Admission.BLOCKED, Admission.WAITING) for a in admission.values()):
             return None  # another job still imports one of its instances
-        return [k for k, a in admission.items() if a is Admission.ACCEPTED]
+        admitted = [k for k, a in admission.items() if a is Admission.ACCEPTED]
+        # A retry batch's receipts were admitted by the retry.
+        admitted += [r.key for r in self._retried_into(batch_id)]
+        return admitted
+
+    def _retried_into(self, batch_id: str) -> list[ReceiptStatus]:
+        return [
+            r
+            for r in self.tracker.receipts_in_job(batch_id)
+            if r.state is State.IMPORTING and r.batch_id != batch_id
+        ]
+
+    def _prepare_input(self, batch_id: str, now: float) -> bool:
+        """Make the batch's prefix hold exactly what its job must import; False to wait."""
+        ready = True
+        for r in self.tracker.receipts_in_batch(batch_id):
+            if r.state is State.FAILED and r.cleanup_action is None:
+                # Failed without a job (not importable, superseded): out of the prefix first.
+                ready &= clean_up_receipt(
+                    self.tracker,
+                    self.store,
+                    r,
+                    owner=self.config.owner,
+                    policy=self.config.cleanup,
+                    now=now,
+                    clock=self.clock,
+                )
+        stage_retry_copies(self.tracker, self.store, batch_id, self._retried_into(batch_id))
+        return ready
 
     def _start(self, batch_id: str, now: float) -> bool:
         job = self.tracker.batch_job(batch_id)
+        batch = self.tracker.batch(batch_id)
+        prefix = job.prefix if job else batch.prefix if batch else f"{batch_id}/"
         if job is None:
             admitted = self._admit(batch_id, now)
             if admitted is None:
@@ -138,6 +188,9 @@ class Pipeline:
                 return False
             if not admitted:
                 return False  # nothing left to import (all failed or superseded)
+            if not self._prepare_input(batch_id, now):
+                self._retry_at[batch_id] = now + 5  # another worker is cleaning one up
+                return False
             if not self.tracker.record_job_start(
                 batch_id, client_token(batch_id), job_name(batch_id), now=now
             ):
@@ -147,7 +200,7 @@ class Pipeline:
             job_id = self.datastore.start_import_job(
                 job_name=job_name(batch_id),
                 client_token=client_token(batch_id),
-                input_uri=self.store.uri(f"{batch_id}/"),
+                input_uri=self.store.uri(prefix),
                 output_uri=self.store.uri(self.config.output_prefix),
                 role_arn=self.config.role_arn,
             )
@@ -174,9 +227,7 @@ class Pipeline:
 
     def _fail_job(self, batch_id: str, message: str, now: float) -> None:
         self.tracker.update_job(batch_id, status=JobStatus.FAILED, message=message, now=now)
-        keys = [
-            r.key for r in self.tracker.receipts_in_batch(batch_id) if r.state is State.IMPORTING
-        ]
+        keys = [r.key for r in self.tracker.receipts_in_job(batch_id) if r.state is State.IMPORTING]
         self.tracker.mark_failed(keys, message, batch_id, at=now)
         self.tracker.update_job(batch_id, results_at=now, now=now)
         metrics.IMPORT_JOBS.labels(event="failed").inc()
@@ -216,22 +267,27 @@ class Pipeline:
                 done.append(job.batch_id)
                 continue
             if self._record_results(
-                job.batch_id, self.datastore.job_output_prefix(status), status.ended_at, now
+                job.batch_id,
+                job.prefix,
+                self.datastore.job_output_prefix(status),
+                status.ended_at,
+                now,
             ):
                 done.append(job.batch_id)
         return done
 
     def _record_results(
-        self, batch_id: str, output_uri: str, ended_at: float | None, now: float
+        self, batch_id: str, input_prefix: str, output_uri: str, ended_at: float | None, now: float
     ) -> bool:
         base = self.store.uri("")
         if not output_uri.startswith(base):
             raise ValueError(f"job output {output_uri} is outside the object store {base}")
         prefix = output_uri[len(base) :]
-        receipts = self.tracker.receipts_in_batch(batch_id)
+        receipts = self.tracker.receipts_in_job(batch_id)
         importing = {r.key for r in receipts if r.state is State.IMPORTING}
+        inputs = {job_object_key(r.key, r.batch_id, batch_id): r.key for r in receipts}
         try:
-            output = read_job_output(self.store, prefix, batch_id, [r.key for r in receipts])
+            output = read_job_output(self.store, prefix, input_prefix, inputs)
         except OutputNotReady:
             if ended_at is not None and now - ended_at > self.config.output_wait_seconds:
                 self._fail_job(batch_id, "job outputs never appeared", now)
@@ -279,10 +335,29 @@ class Pipeline:
         )
         return True
 
+    # --- cleanup ---------------------------------------------------------------------------
+
+    def clean_up(self) -> int:
+        """Delete imported objects kept long enough, quarantine failed ones; returns how many
+        receipts' cleanups were recorded."""
+        now = self.clock()
+        self._next_cleanup = now + self.config.cleanup.interval_seconds
+        return clean_up(
+            self.tracker,
+            self.store,
+            self.config.cleanup,
+            owner=self.config.owner,
+            now=now,
+            clock=self.clock,
+        )
+
     def run_once(self) -> None:
         self.seal_orphans()
         self.start_jobs()
-        self.poll_jobs()
+        ended = self.poll_jobs()
+        due = ended or self.clock() >= self._next_cleanup
+        if due and self.clean_up() >= self.config.cleanup.batch_size:
+            self._next_cleanup = 0.0  # more is due: go on at the next round
 
 
 class Worker:
