@@ -186,9 +186,13 @@ class Pipeline:
             if admitted is None:
                 self._retry_at[batch_id] = now + 5
                 return False
+            ready = self._prepare_input(batch_id, now)
             if not admitted:
-                return False  # nothing left to import (all failed or superseded)
-            if not self._prepare_input(batch_id, now):
+                # Nothing to import (all failed or superseded): no job. Looked at again now
+                # and then: a retry's receipts may show late in an eventually consistent index.
+                self._retry_at[batch_id] = now + 30
+                return False
+            if not ready:
                 self._retry_at[batch_id] = now + 5  # another worker is cleaning one up
                 return False
             if not self.tracker.record_job_start(
