@@ -79,7 +79,8 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     Runs on the embedded default with no cloud account: objects under DATA_DIR/objects,
     tracking in DATA_DIR/tracker.sqlite3, and (unless STORE_SCP_PIPELINE=off) the import
     pipeline into the embedded datastore under DATA_DIR/datastore, whose HealthImaging API
-    listens on 127.0.0.1:8090. Stop with SIGTERM or Ctrl-C: listeners close,
+    listens on 127.0.0.1:8090; imported objects are deleted after STORE_SCP_KEEP_IMPORTED_DAYS,
+    failed ones moved to quarantine. Stop with SIGTERM or Ctrl-C: listeners close,
     associations get STORE_SCP_SHUTDOWN_GRACE seconds to finish, then are aborted.
     """
     settings = _settings(config, **flags)
