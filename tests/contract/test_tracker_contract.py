@@ -435,6 +435,21 @@ def test_a_cleanup_has_one_owner_at_a_time(tracker: Tracker) -> None:
     assert not tracker.claim_cleanup(r.key, 1, "w2", lease_seconds=60, now=T0 + 500)
 
 
+def test_a_claim_outlives_a_new_attempt(tracker: Tracker) -> None:
+    r = receipt("b1", "d.2")
+    tracker.record_receipt(r)
+    admit(tracker, "b1", r)
+    tracker.mark_failed([r.key], "job failed", "b1")
+    assert tracker.claim_cleanup(r.key, 1, "w1", lease_seconds=60, now=T0)
+    # Retried while w1 still cleans the first outcome up, and failed again.
+    tracker.mark_importing([r.key], "retry-1", retry=True, now=T0 + 1)
+    tracker.mark_failed([r.key], "job failed again", "retry-1", at=T0 + 2)
+    assert not tracker.record_cleanup(r.key, "quarantined:q", attempt=1)  # w1's record: stale
+    assert not tracker.claim_cleanup(r.key, 2, "w2", lease_seconds=60, now=T0 + 3)
+    assert tracker.claim_cleanup(r.key, 2, "w2", lease_seconds=60, now=T0 + 61)
+    assert tracker.record_cleanup(r.key, "quarantined:q", attempt=2)
+
+
 def test_a_cleanup_claim_race_has_exactly_one_winner(backend: Backend) -> None:
     workers = [backend.new(), backend.new(), backend.new()]
     receipts = [receipt("b1", f"e.{i}") for i in range(6)]

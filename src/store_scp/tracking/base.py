@@ -28,7 +28,8 @@ What was done with the object of an outcome (deleted, quarantined) is recorded b
 attempt starts without a cleanup: its own outcome gets its own. `cleanup_due` lists the outcomes
 whose cleanup is not recorded; `claim_cleanup` gives one of them to one worker at a time (a
 conditional write with a lease, so a worker that died is replaced once its lease expired), so
-two workers never clean up the same receipt at once.
+two workers never clean up the same receipt at once. A claim outlives a new attempt: the
+cleanup of a retry's outcome waits until the cleanup of the outcome before it has stopped.
 
 The import pipeline names a job by the id of the batch it imports (the job record's key): the
 datastore's job id does not exist yet when the receipts are admitted, and a start can fail

@@ -114,8 +114,9 @@ COUNTER_SHARDS = 32
 
 _MAX_TRANSACT_ITEMS = 100
 _FINAL = (State.IMPORTED.value, State.FAILED.value)
-#: The cleanup of an outcome and its claim: a new attempt starts without them.
-_CLEANUP_FIELDS = ("cleanup_action", "cleanup_at", "cleanup_claimed_by", "cleanup_claim_expires_at")
+#: The cleanup of an outcome: a new attempt starts without it. A claim still held stays: the
+#: cleanup of the new outcome waits until the old one's has stopped.
+_CLEANUP_FIELDS = ("cleanup_action", "cleanup_at")
 _BATCH_GET = 100
 #: Rounds of read, decide, write before a transition gives up with TrackerError.
 _MAX_ROUNDS = 12

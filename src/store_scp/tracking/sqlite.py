@@ -271,11 +271,9 @@ _BATCH_COLUMNS = ", ".join(f.name for f in fields(Batch))
 _JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
 
 _FINAL = (State.IMPORTED.value, State.FAILED.value)
-#: A new attempt starts without a cleanup (its outcome will get its own).
-_NO_CLEANUP = (
-    "cleanup_action = NULL, cleanup_at = NULL, cleanup_claimed_by = NULL,"
-    " cleanup_claim_expires_at = NULL"
-)
+#: A new attempt starts without a cleanup (its outcome will get its own). A claim still held
+#: stays: the cleanup of the new outcome waits until the old one's has stopped.
+_NO_CLEANUP = "cleanup_action = NULL, cleanup_at = NULL"
 
 
 class TrackerSchemaError(RuntimeError):
