@@ -325,6 +325,24 @@ def test_move_is_a_rename_and_replays(store: LocalObjectStore) -> None:
         assert f.read() == b"again"
 
 
+def test_commits_survive_folders_pruned_at_the_same_time(tmp_path: Path) -> None:
+    # Two stores on one root stand for a receiver and a cleaning worker: each empties and
+    # prunes the study folder the other is creating series folders in.
+    stores = [LocalObjectStore(tmp_path / "data", fsync=False) for _ in range(2)]
+
+    def churn(n: int) -> None:
+        st = stores[n]
+        for i in range(400):
+            key = f"b1/study/se-{n}-{i}/one.dcm"
+            st.commit(stage(st, b"x"), key)
+            st.delete(key)
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(churn, n) for n in range(2)]:
+            future.result()  # no StorageError
+    assert list(stores[0].list_keys()) == []
+
+
 def test_delete_prunes_empty_folders_only(store: LocalObjectStore) -> None:
     store.commit(stage(store, b"a"), "b1/st/se/one.dcm")
     store.commit(stage(store, b"b"), "b1/st/other/two.dcm")

@@ -56,6 +56,9 @@ _STAGING_DIRNAME = ".staging"
 #: then costs one more fsync of its parent, nothing else).
 _MAX_KNOWN_DIRS = 100_000
 
+#: Tries of creating a key's folders and renaming into them while other processes prune.
+_PLACE_ROUNDS = 50
+
 _DIR_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -162,6 +165,8 @@ class LocalObjectStore:
                 os.mkdir(d)
             except FileExistsError:
                 if not os.path.isdir(d):
+                    if not os.path.lexists(d):  # pruned right then: the caller tries again
+                        raise FileNotFoundError(errno.ENOENT, "folder removed meanwhile") from None
                     raise
             # Also for a folder that already existed but is not yet known: its entry may not be
             # durable yet (another thread may have just created it, or a crash interrupted).
@@ -183,6 +188,28 @@ class LocalObjectStore:
 
     def _path(self, key: str) -> str:
         return os.path.join(self._objects, validate_key(key))
+
+    def _place(self, src: str, dest: str, what: str) -> None:
+        """Rename `src` to `dest`, creating the folders of `dest` durably first. A folder removed
+        meanwhile (emptied and pruned by another thread or process) is created again. Raises
+        FileNotFoundError when `src` is missing, StorageError for any other failure."""
+        folder = os.path.dirname(dest)
+        for round_ in range(_PLACE_ROUNDS):
+            step = "creation of the key's folders"
+            try:
+                if folder not in self._known_dirs:
+                    self._ensure_dir_chain(folder)
+                step = "rename into place"
+                os.rename(src, dest)
+                return
+            except FileNotFoundError as exc:
+                if not os.path.exists(src):
+                    raise
+                if round_ == _PLACE_ROUNDS - 1:
+                    raise StorageError(f"{what}: {step} failed: {_errno_name(exc)}") from exc
+                self._forget_dirs(folder)
+            except OSError as exc:
+                raise StorageError(f"{what}: {step} failed: {_errno_name(exc)}") from exc
 
     def _new_staging(self, key: str) -> Path:
         fd, name = tempfile.mkstemp(dir=self.staging_dir, prefix="w-", suffix=STAGING_SUFFIX)
@@ -220,23 +247,14 @@ class LocalObjectStore:
             else:
                 step = "stat of the staging file"
                 size = os.stat(src).st_size
-            step = "creation of the key's folders"
-            if folder not in self._known_dirs:
-                self._ensure_dir_chain(folder)
-            step = "rename into place"
-            try:
-                os.rename(src, dest)
-            except FileNotFoundError:
-                if not os.path.exists(src):
-                    raise
-                # Cached folders were removed behind our back: forget them, create them again.
-                self._forget_dirs(folder)
-                step = "re-creation of the key's folders"
-                self._ensure_dir_chain(folder)
-                step = "rename into place"
-                os.rename(src, dest)
         except OSError as exc:
             raise StorageError(f"commit of {key}: {step} failed: {_errno_name(exc)}") from exc
+        try:
+            self._place(src, dest, f"commit of {key}")
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"commit of {key}: rename into place failed: {_errno_name(exc)}"
+            ) from exc
         if self.fsync:
             try:
                 self._fsync_dir(folder)
@@ -357,31 +375,18 @@ class LocalObjectStore:
         """Rename `src` to `dst`, then fsync the destination folder and the source folder."""
         source, dest = self._path(src), self._path(dst)
         folder, source_folder = os.path.dirname(dest), os.path.dirname(source)
-        step = "creation of the destination's folders"
         try:
-            if folder not in self._known_dirs:
-                self._ensure_dir_chain(folder)
-            step = "rename"
-            try:
-                os.rename(source, dest)
-            except FileNotFoundError:
-                if not os.path.exists(source):
-                    if os.path.isfile(dest):
-                        return  # moved already: a replay
-                    raise FileNotFoundError(errno.ENOENT, f"no object {src}") from None
-                # Cached folders were removed behind our back: create them again.
-                self._forget_dirs(folder)
-                step = "re-creation of the destination's folders"
-                self._ensure_dir_chain(folder)
-                step = "rename"
-                os.rename(source, dest)
+            self._place(source, dest, f"move of {src} to {dst}")
+        except FileNotFoundError:
+            if os.path.isfile(dest):
+                return  # moved already: a replay
+            raise FileNotFoundError(errno.ENOENT, f"no object {src}") from None
+        step = "fsync of the destination folder"
+        try:
             if self.fsync:
-                step = "fsync of the destination folder"
                 self._fsync_dir(folder)
                 step = "fsync of the source folder"
                 self._fsync_dir(source_folder)
-        except FileNotFoundError:
-            raise
         except OSError as exc:
             raise StorageError(
                 f"move of {src} to {dst}: {step} failed: {_errno_name(exc)}"
