@@ -161,6 +161,8 @@ def retry(
     pending = list(by_key)
     accepted: list[str] = []
     while pending:
+        # Keep the batch ours while admitting: once sealed, a job may start on it.
+        tracker.renew_lease(owner)
         admission = tracker.mark_importing(pending, batch_id, retry=True, now=now)
         pending = [k for k, a in admission.items() if a is Admission.WAITING]
         for key, answer in admission.items():
