@@ -95,6 +95,7 @@ def make_worker(
     """The import pipeline (in a background thread) on the configured datastore, and that
     datastore."""
     from .datastore.rules import import_rejection
+    from .pipeline.cleanup import DAY, CleanupPolicy
     from .pipeline.policy import StartLimiter
     from .pipeline.worker import Pipeline, PipelineConfig, Worker
 
@@ -122,6 +123,11 @@ def make_worker(
         limiter=StartLimiter(
             rate_per_second=settings.import_start_rate,
             max_concurrent_jobs=settings.max_concurrent_import_jobs,
+        ),
+        cleanup=CleanupPolicy(
+            keep_imported_seconds=None
+            if settings.keep_imported_days is None
+            else settings.keep_imported_days * DAY
         ),
     )
     pipeline = Pipeline(
@@ -198,8 +204,9 @@ async def serve(
         from .tracking.reconcile import reconcile
 
         # Objects committed by a process that died before its tracker write get their row,
-        # before new receipts can race with it. The landing area holds only what is not yet
-        # imported (imported objects are cleaned up), so this stays short.
+        # before new receipts can race with it. The landing area holds what is not imported
+        # yet and what is kept for STORE_SCP_KEEP_IMPORTED_DAYS; quarantine, retry copies
+        # and job outputs are skipped.
         await loop.run_in_executor(None, reconcile, store, tracker)
     await server.start()
 

@@ -79,10 +79,11 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     Runs on the embedded default with no cloud account: objects under DATA_DIR/objects,
     tracking in DATA_DIR/tracker.sqlite3, and (unless STORE_SCP_PIPELINE=off) the import
     pipeline into the embedded datastore under DATA_DIR/datastore, whose HealthImaging API
-    listens on 127.0.0.1:8090. An on-premises gateway uses S3, DynamoDB and AWS HealthImaging
-    instead (STORE_SCP_OBJECT_STORE, STORE_SCP_TRACKER, STORE_SCP_DATASTORE). Stop with
-    SIGTERM or Ctrl-C: listeners close, associations get STORE_SCP_SHUTDOWN_GRACE seconds to
-    finish, then are aborted.
+    listens on 127.0.0.1:8090; imported objects are deleted after STORE_SCP_KEEP_IMPORTED_DAYS,
+    failed ones moved to quarantine. An on-premises gateway uses S3, DynamoDB and AWS
+    HealthImaging instead (STORE_SCP_OBJECT_STORE, STORE_SCP_TRACKER, STORE_SCP_DATASTORE).
+    Stop with SIGTERM or Ctrl-C: listeners close, associations get STORE_SCP_SHUTDOWN_GRACE
+    seconds to finish, then are aborted.
     """
     settings = _settings(config, **flags)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -212,20 +213,48 @@ def _instance_item(r: Any) -> dict[str, Any]:
         "reason": r.reason,
         "received_at": r.received_at,
         "key": r.key,
+        "attempt": r.attempt,
+        "cleanup_action": r.cleanup_action,
+        "cleanup_at": r.cleanup_at,
+    }
+
+
+def _attempt_item(a: Any) -> dict[str, Any]:
+    return {
+        "attempt": a.attempt,
+        "batch_id": a.batch_id,
+        "job_id": a.job_id,
+        "started_at": a.started_at,
+        "ended_at": a.ended_at,
+        "outcome": a.outcome.value if a.outcome else None,
+        "reason": a.reason,
+        "image_set_id": a.image_set_id,
+        "is_primary": a.is_primary,
+        "cleanup_action": a.cleanup_action,
+        "cleanup_at": a.cleanup_at,
     }
 
 
 @main.command()
 @click.argument("uid")
+@click.option(
+    "--history", is_flag=True, help="Every attempt of each instance's newest receipt, too."
+)
 @_data_dir_option
 @_json_option
-def where(uid: str, data_dir: Path | None, as_json: bool) -> None:
-    """Where a study, series or SOP instance is: state, image set, job, reason.
+def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None:
+    """Where a study, series or SOP instance is: state, image set, job, reason, and what was
+    done with its object (deleted after import, quarantined after a failure).
 
     One line per SOP instance (its newest receipt).
     """
     tracker = _open_tracker(data_dir)
-    items = [_instance_item(r) for r in tracker.where(uid)]
+    items = []
+    for r in tracker.where(uid):
+        item = _instance_item(r)
+        if history:
+            item["attempts"] = [_attempt_item(a) for a in tracker.attempts(r.key)]
+        items.append(item)
     tracker.close()
     if as_json:
         click.echo(json.dumps({"uid": uid, "instances": items}, indent=2))
@@ -237,7 +266,15 @@ def where(uid: str, data_dir: Path | None, as_json: bool) -> None:
             if it["is_primary"] is False:
                 where_to += " (non-primary: conflicting metadata, to reconcile)"
             detail = where_to or it["reason"] or ""
+            if it["cleanup_action"]:
+                detail += f"  [{it['cleanup_action']}]"
             click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}")
+            for a in it.get("attempts", ()):
+                outcome = a["outcome"] or "IMPORTING"
+                why = a["image_set_id"] or a["reason"] or ""
+                click.echo(
+                    f"    attempt {a['attempt']}  {outcome:<9}  {a['batch_id'] or '-'}  {why}"
+                )
     sys.exit(0 if items else 1)
 
 
@@ -294,12 +331,96 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("target", metavar="JOB|UID")
+@_data_dir_option
+@_json_option
+def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
+    """Retry FAILED receipts: a new attempt on each, imported from a new batch.
+
+    JOB (an import job id, or the batch id `jobs` lists): the job's FAILED receipts. UID (a
+    study, series or SOP Instance UID): the newest receipt of each instance, when it is FAILED.
+    Refused, with the reason: a receipt that is not FAILED, one with a newer receipt of its
+    instance (an older copy is never imported after a newer one), one the datastore cannot
+    import. The objects are copied into a retry batch, which the running pipeline (`serve` or
+    `worker`) imports with its next job. Every attempt stays in the history (`where --history`).
+
+    Exits 0 when everything selected was retried; 1 when something was refused or there was
+    nothing to retry.
+    """
+    from .app import make_store
+    from .pipeline.retry import Refused, retry_owner, select_for_job, select_for_uid
+    from .pipeline.retry import retry as retry_receipts
+
+    tracker = _open_tracker(data_dir)
+    settings = _settings(None, data_dir=data_dir)
+    job = tracker.job(target) or tracker.batch_job(target)
+    if job is not None:
+        chosen, refused = select_for_job(tracker, job)
+        what = f"job {job.job_id or job.batch_id}"
+    else:
+        chosen, refused = select_for_uid(tracker, target)
+        what = target
+        if not chosen and not refused and not tracker.where(target):
+            tracker.close()
+            click.echo(
+                f"store-scp: {target}: no such job, and nothing received with this UID", err=True
+            )
+            sys.exit(1)
+    store = make_store(settings)
+    try:
+        result = retry_receipts(tracker, store, chosen, owner=retry_owner(), now=time.time())
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+        tracker.close()
+    refusals: list[Refused] = [*refused, *result.refused]
+    if as_json:
+        doc = {
+            "target": target,
+            "job_id": job.job_id if job else None,
+            "batch_id": result.batch_id,
+            "retried": [
+                {"sop_instance_uid": r.sop_instance_uid, "key": r.key, "attempt": r.attempt}
+                for r in result.retried
+            ],
+            "refused": [
+                {
+                    "sop_instance_uid": r.sop_instance_uid,
+                    "key": r.key,
+                    "state": r.state,
+                    "why": r.why,
+                }
+                for r in refusals
+            ],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        for r in result.retried:
+            click.echo(f"retried  {r.sop_instance_uid}  attempt {r.attempt}")
+        for refusal in refusals:
+            click.echo(f"refused  {refusal.sop_instance_uid or refusal.key}  {refusal.why}")
+    if result.retried:
+        click.echo(
+            f"{len(result.retried)} receipt(s) of {what} retried in batch {result.batch_id}: "
+            "the pipeline imports it with its next job",
+            err=True,
+        )
+    elif not refusals:
+        click.echo(f"store-scp: nothing to retry: {what} has no FAILED receipt", err=True)
+    if refusals:
+        click.echo(f"store-scp: {len(refusals)} receipt(s) of {what} refused", err=True)
+    sys.exit(0 if result.retried and not refusals else 1)
+
+
+@main.command()
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
 @_data_dir_option
 def worker(config: Path | None, data_dir: Path | None) -> None:
     """Run the import pipeline alone (no DICOM listener), on the receivers' object store and
     tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver
-    died, starts import jobs, records results. Stop with SIGTERM or Ctrl-C."""
+    died, starts import jobs, records results, deletes imported objects after
+    STORE_SCP_KEEP_IMPORTED_DAYS and quarantines failed ones. Stop with SIGTERM or Ctrl-C."""
     from .app import make_store, make_worker
     from .logs import setup_logging
 

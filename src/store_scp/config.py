@@ -68,7 +68,9 @@ Import pipeline
     datastore's HealthImaging API, loopback by default; -1 = disabled),
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
     ``STORE_SCP_BATCH_LEASE_SECONDS``,
-    ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``.
+    ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``,
+    ``STORE_SCP_KEEP_IMPORTED_DAYS`` (days an imported object is kept before it is deleted;
+    0 = at once, ``forever`` = never; failed objects always go to quarantine).
 
 Logging
     ``STORE_SCP_LOG_LEVEL`` (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``),
@@ -500,6 +502,13 @@ class Settings(BaseSettings):
     max_concurrent_import_jobs: int = Field(
         default=20, ge=1, description="Import jobs running at once, at most."
     )
+    keep_imported_days: float | None = Field(
+        default=7.0,
+        ge=0,
+        description="Days an imported object stays in the object store before it is deleted "
+        "(0 = as soon as it is imported; `forever` = never deleted). Failed objects are moved "
+        "to `quarantine/` at once, with a JSON note that says why.",
+    )
 
     # logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -562,6 +571,21 @@ class Settings(BaseSettings):
     @classmethod
     def _optional_empty(cls, value: Any) -> Any:
         return _empty_to_none(value)
+
+    @field_validator("keep_imported_days", mode="before")
+    @classmethod
+    def _forever(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "forever":
+                return None
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a number of days or `forever`") from None
+        if value is None:
+            raise ValueError("give a number of days, or `forever`")
+        return value
 
     @field_validator("tls_profile", "object_store", "tracker", "datastore", mode="before")
     @classmethod

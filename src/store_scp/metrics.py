@@ -8,6 +8,7 @@
 ``store_scp_store_latency_seconds``            last fragment received -> durable commit
 ``store_scp_tls_handshakes_total{result}``     TLS handshakes by result
 ``store_scp_dimse_messages_total{command}``    DIMSE messages received, by command
+``store_scp_cleanups_total{action}``           objects deleted or quarantined after import
 =============================================  ==========================================
 
 Several processes (``STORE_SCP_PROCESSES`` > 1, SO_REUSEPORT): every process counts on its own,
@@ -155,6 +156,15 @@ TIME_TO_AVAILABLE = Histogram(
 )
 for _event in ("started", "completed", "failed"):
     IMPORT_JOBS.labels(event=_event)
+CLEANUPS = Counter(
+    "store_scp_cleanups",
+    "Objects cleaned up after their outcome: deleted (imported, kept long enough) or "
+    "quarantined (failed).",
+    ["action"],
+    registry=REGISTRY,
+)
+for _action in ("deleted", "quarantined"):
+    CLEANUPS.labels(action=_action)
 
 
 class TrackerCollector:

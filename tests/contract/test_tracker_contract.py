@@ -366,8 +366,10 @@ def test_cleanup_is_recorded_beside_the_outcome(tracker: Tracker) -> None:
     assert not tracker.record_cleanup("b1/unknown.dcm", "deleted")
     admit(tracker, "b1", r)
     tracker.mark_imported(r.key, "b1", "is-1", True)
-    assert tracker.record_cleanup(r.key, "deleted", at=T0 + 900)
-    assert tracker.record_cleanup(r.key, "deleted", at=T0 + 900)  # replay
+    assert not tracker.record_cleanup(r.key, "deleted", at=T0 + 900, attempt=2)  # not its attempt
+    assert tracker.record_cleanup(r.key, "deleted", at=T0 + 900, attempt=1)
+    assert tracker.record_cleanup(r.key, "deleted", at=T0 + 950)  # replay: the first time stays
+    assert not tracker.record_cleanup(r.key, "quarantined:x")  # another action: refused
     status = tracker.receipt_status(r.key)
     assert status is not None
     assert (status.state, status.image_set_id, status.cleanup_action, status.cleanup_at) == (
@@ -376,6 +378,165 @@ def test_cleanup_is_recorded_beside_the_outcome(tracker: Tracker) -> None:
         "deleted",
         T0 + 900,
     )
+    (attempt,) = tracker.attempts(r.key)
+    assert (attempt.outcome, attempt.cleanup_action, attempt.cleanup_at) == (
+        State.IMPORTED,
+        "deleted",
+        T0 + 900,
+    )
+
+
+def test_cleanup_is_due_for_failures_at_once_and_for_imports_after_the_keep_time(
+    tracker: Tracker,
+) -> None:
+    imported_early, imported_late, failed, waiting, broken = (
+        receipt("b1", f"c.{i}", at=T0 + i) for i in range(5)
+    )
+    tracker.record_receipts([imported_early, imported_late, failed, waiting, broken])
+    tracker.mark_failed([broken.key], "not importable: no", at=T0 + 50)
+    admit(tracker, "b1", imported_early, imported_late, failed)
+    tracker.mark_imported(imported_early.key, "b1", "is", True, at=T0 + 100)
+    tracker.mark_imported(imported_late.key, "b1", "is", True, at=T0 + 200)
+    tracker.mark_failed([failed.key], "job failed", "b1", at=T0 + 300)
+
+    def due(keep: float | None, now: float, limit: int = 100) -> list[str]:
+        return [
+            s.key for s in tracker.cleanup_due(keep_imported_seconds=keep, now=now, limit=limit)
+        ]
+
+    # Failures at once, oldest outcome first; imports once kept long enough; never forever.
+    assert due(None, T0 + 1000) == [broken.key, failed.key]
+    assert due(850, T0 + 1000) == [broken.key, imported_early.key, failed.key]
+    assert due(0, T0 + 1000) == [broken.key, imported_early.key, imported_late.key, failed.key]
+    assert due(0, T0 + 1000, limit=2) == [broken.key, imported_early.key]
+    assert tracker.record_cleanup(broken.key, "quarantined:quarantine/x")
+    assert due(0, T0 + 1000) == [imported_early.key, imported_late.key, failed.key]
+    # A claimed one is not due until its claim expires.
+    assert tracker.claim_cleanup(failed.key, 1, "w1", lease_seconds=60, now=T0 + 1000)
+    assert due(0, T0 + 1030) == [imported_early.key, imported_late.key]
+    assert due(0, T0 + 1061) == [imported_early.key, imported_late.key, failed.key]
+
+
+def test_a_cleanup_has_one_owner_at_a_time(tracker: Tracker) -> None:
+    r = receipt("b1", "d.1")
+    tracker.record_receipt(r)
+    assert not tracker.claim_cleanup(r.key, 0, "w1", lease_seconds=60, now=T0)  # not final
+    admit(tracker, "b1", r)
+    tracker.mark_failed([r.key], "job failed", "b1")
+    assert not tracker.claim_cleanup(r.key, 2, "w1", lease_seconds=60, now=T0)  # not its attempt
+    assert tracker.claim_cleanup(r.key, 1, "w1", lease_seconds=60, now=T0)
+    assert tracker.claim_cleanup(r.key, 1, "w1", lease_seconds=60, now=T0 + 30)  # renewed
+    assert not tracker.claim_cleanup(r.key, 1, "w2", lease_seconds=60, now=T0 + 80)
+    # w1 died: its lease ran out, w2 takes over; w1 is refused from then on.
+    assert tracker.claim_cleanup(r.key, 1, "w2", lease_seconds=60, now=T0 + 91)
+    assert not tracker.claim_cleanup(r.key, 1, "w1", lease_seconds=60, now=T0 + 92)
+    assert tracker.record_cleanup(r.key, "quarantined:quarantine/k", at=T0 + 93, attempt=1)
+    # Once recorded, nobody claims it again.
+    assert not tracker.claim_cleanup(r.key, 1, "w2", lease_seconds=60, now=T0 + 500)
+
+
+def test_a_claim_outlives_a_new_attempt(tracker: Tracker) -> None:
+    r = receipt("b1", "d.2")
+    tracker.record_receipt(r)
+    admit(tracker, "b1", r)
+    tracker.mark_failed([r.key], "job failed", "b1")
+    assert tracker.claim_cleanup(r.key, 1, "w1", lease_seconds=60, now=T0)
+    # Retried while w1 still cleans the first outcome up, and failed again.
+    tracker.mark_importing([r.key], "retry-1", retry=True, now=T0 + 1)
+    tracker.mark_failed([r.key], "job failed again", "retry-1", at=T0 + 2)
+    assert not tracker.record_cleanup(r.key, "quarantined:q", attempt=1)  # w1's record: stale
+    assert not tracker.claim_cleanup(r.key, 2, "w2", lease_seconds=60, now=T0 + 3)
+    assert tracker.claim_cleanup(r.key, 2, "w2", lease_seconds=60, now=T0 + 61)
+    assert tracker.record_cleanup(r.key, "quarantined:q", attempt=2)
+
+
+def test_a_cleanup_claim_race_has_exactly_one_winner(backend: Backend) -> None:
+    workers = [backend.new(), backend.new(), backend.new()]
+    receipts = [receipt("b1", f"e.{i}") for i in range(6)]
+    workers[0].record_receipts(receipts)
+    admit(workers[0], "b1", *receipts)
+    workers[0].mark_failed([r.key for r in receipts], "job failed", "b1")
+    for r in receipts:
+        results = race(
+            [
+                lambda w=w, n=n, k=r.key: w.claim_cleanup(k, 1, f"w{n}", lease_seconds=60)  # type: ignore[misc]
+                for n, w in enumerate(workers)
+            ]
+        )
+        assert results.count(True) == 1, (r.key, results)
+
+
+def test_a_retry_imports_from_its_own_batch_and_starts_without_a_cleanup(
+    tracker: Tracker,
+) -> None:
+    r, other = receipt("b1", "f.1"), receipt("b1", "f.2")
+    tracker.record_receipts([r, other])
+    sealed_batch_with_job(tracker, "b1", "job-1")
+    admit(tracker, "b1", r, other)
+    assert [s.key for s in tracker.receipts_in_job("b1")] == [r.key, other.key]
+    tracker.mark_failed([r.key], "job failed: boom", "b1", at=T0 + 600)
+    tracker.mark_imported(other.key, "b1", "is-1", True, at=T0 + 600)
+    assert tracker.record_cleanup(r.key, "quarantined:quarantine/k", at=T0 + 610, attempt=1)
+    assert tracker.open_batch("retry-1", "retry/retry-1/", "cli", 60, now=T0 + 700)
+    assert tracker.mark_importing([r.key], "retry-1", retry=True, now=T0 + 700) == {
+        r.key: Admission.ACCEPTED
+    }
+    assert [s.key for s in tracker.receipts_in_job("b1")] == [other.key]
+    assert [s.key for s in tracker.receipts_in_job("retry-1")] == [r.key]
+    assert tracker.receipts_in_batch("retry-1") == []
+    status = tracker.receipt_status(r.key)
+    assert status is not None
+    assert (status.state, status.attempt, status.cleanup_action, status.cleanup_at) == (
+        State.IMPORTING,
+        2,
+        None,
+        None,
+    )
+    assert r.key not in [s.key for s in tracker.cleanup_due(keep_imported_seconds=0)]
+    # A late record of the first outcome's cleanup does not land on the second attempt.
+    assert not tracker.record_cleanup(r.key, "quarantined:quarantine/k", attempt=1)
+    tracker.mark_imported(r.key, "retry-1", "is-1", True, at=T0 + 800)
+    due = tracker.cleanup_due(keep_imported_seconds=0, now=T0 + 900)
+    assert [s.key for s in due] == [other.key, r.key]
+    assert not tracker.record_cleanup(r.key, "deleted", attempt=1)
+    assert tracker.record_cleanup(r.key, "deleted", at=T0 + 900, attempt=2)
+    first, second = tracker.attempts(r.key)
+    assert (first.outcome, first.cleanup_action) == (State.FAILED, "quarantined:quarantine/k")
+    assert (second.batch_id, second.outcome, second.cleanup_action) == (
+        "retry-1",
+        State.IMPORTED,
+        "deleted",
+    )
+
+
+def test_two_workers_never_retry_the_same_receipt(backend: Backend) -> None:
+    workers = [backend.new(), backend.new()]
+    receipts = [receipt("b1", f"g.{i}") for i in range(6)]
+    workers[0].record_receipts(receipts)
+    admit(workers[0], "b1", *receipts)
+    workers[0].mark_failed([r.key for r in receipts], "job failed", "b1")
+    first = receipts[0]
+    # One after the other: the second finds the receipt IMPORTING in the first's retry.
+    assert workers[0].mark_importing([first.key], "retry-a", retry=True) == {
+        first.key: Admission.ACCEPTED
+    }
+    assert workers[1].mark_importing([first.key], "retry-b", retry=True) == {
+        first.key: Admission.BLOCKED
+    }
+    assert [s.key for s in workers[1].receipts_in_job("retry-b")] == []
+    if backend.name == "dynamodb":
+        return  # moto's TransactWriteItems is not atomic under concurrent requests (see below)
+    for n, r in enumerate(receipts[1:]):
+        results = race(
+            [
+                lambda w=w, k=r.key, b=f"retry-{n}-{i}": (  # type: ignore[misc]
+                    w.mark_importing([k], b, retry=True)[k] is Admission.ACCEPTED
+                )
+                for i, w in enumerate(workers)
+            ]
+        )
+        assert results.count(True) == 1, results
+        assert len(workers[0].attempts(r.key)) == 2
 
 
 def test_bulk_results(tracker: Tracker) -> None:

@@ -1,6 +1,7 @@
-"""kill -9 of `store-scp worker` at random moments while it starts and follows import jobs; the
-datastore runs in its own process (as HealthImaging would) and is not killed. After each
-restart the pipeline resumes: every receipt reaches a final state, no batch is imported twice."""
+"""kill -9 of `store-scp worker` at random moments while it starts and follows import jobs and
+cleans up after them; the datastore runs in its own process (as HealthImaging would) and is not
+killed. After each restart the pipeline resumes: every receipt reaches a final state, no batch
+is imported twice, every imported object is deleted (kept 0 days) and its deletion recorded."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import boto3
 from botocore.config import Config
 from pydicom.uid import generate_uid
 
+from store_scp.pipeline.cleanup import CleanupPolicy
 from tests.e2e.test_pipeline_embedded import make_series, where
 from tests.serverproc import DCMTK, start_server
 
@@ -81,14 +83,19 @@ def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path
             STORE_SCP_IMPORT_ROLE_ARN="arn:aws:iam::000000000000:role/ImportRole",
             AWS_ACCESS_KEY_ID="x",
             AWS_SECRET_ACCESS_KEY="x",
+            STORE_SCP_KEEP_IMPORTED_DAYS="0",
         )
         cmd = [sys.executable, "-m", "store_scp.cli", "worker"]
         log = (tmp_path / "worker.log").open("ab")
         kills = 0
-        deadline = time.monotonic() + 90
+        # A worker killed in the middle of a cleanup leaves its claim: the next one waits for
+        # the claim's lease to run out before it finishes that cleanup.
+        deadline = time.monotonic() + 90 + CleanupPolicy().lease_seconds
         while True:
-            states = [i["state"] for s in studies for i in where(srv, s)]
-            if states and all(s in ("IMPORTED", "FAILED") for s in states):
+            items = [i for s in studies for i in where(srv, s)]
+            states = [i["state"] for i in items]
+            final = all(i["state"] in ("IMPORTED", "FAILED") for i in items)
+            if states and final and all(i["cleanup_action"] for i in items):
                 break
             assert time.monotonic() < deadline, states
             worker = subprocess.Popen(cmd, env=env, stderr=log)
@@ -103,6 +110,8 @@ def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path
                 assert worker.wait(30) == 0
         assert kills >= 2, "the work ended before the worker was killed twice"
         assert states == ["IMPORTED"] * 9
+        assert [i["cleanup_action"] for i in items] == ["deleted"] * 9
+        assert srv.stored_files() == []  # the imported objects, deleted
 
         client = boto3.client(
             "medical-imaging",

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from store_scp.datastore.local import LocalDatastore, import_rejection
+from store_scp.pipeline.cleanup import CleanupPolicy
 from store_scp.pipeline.policy import StartLimiter
 from store_scp.pipeline.worker import Pipeline, PipelineConfig
 from store_scp.storage.local import LocalObjectStore
@@ -22,13 +23,23 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 class Rig:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cleanup: CleanupPolicy | None = None) -> None:
         self.store = LocalObjectStore(root)
         self.tracker = SqliteTracker(root / "tracker.sqlite3")
         self.datastore = LocalDatastore(root / "datastore", fsync=False)
-        config = PipelineConfig(owner="worker", limiter=StartLimiter(rate_per_second=100))
+        config = PipelineConfig(
+            owner="worker",
+            limiter=StartLimiter(rate_per_second=100),
+            cleanup=cleanup or CleanupPolicy(),
+        )
+        self.offset = 0.0  # added to the pipeline's clock: tests make leases run out
         self.pipeline = Pipeline(
-            self.tracker, self.store, self.datastore, config, importable=import_rejection
+            self.tracker,
+            self.store,
+            self.datastore,
+            config,
+            importable=import_rejection,
+            clock=lambda: time.time() + self.offset,
         )
         self.n = 0
 
@@ -41,6 +52,7 @@ class Rig:
         patient_id: str = "P1",
         sop: str | None = None,
         name: str = "",
+        transfer_syntax: str = ExplicitVRLittleEndian,
     ) -> str:
         """Commit one object under `batch_id` and record its receipt, as the receiver does."""
         self.n += 1
@@ -63,6 +75,9 @@ class Rig:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         staging = self.store.staging_dir / f"t{self.n}.part"
         ds.save_as(staging, enforce_file_format=True)
+        if transfer_syntax != ExplicitVRLittleEndian:
+            # Only the UID matters (the receiver records the syntax used on the wire).
+            ds.file_meta.TransferSyntaxUID = transfer_syntax
         key = f"{batch_id}/{study}/{series}/{name}{ds.SOPInstanceUID}.dcm"
         committed = self.store.commit(staging, key)
         self.tracker.open_batch(batch_id, f"{batch_id}/", "receiver", 60)
@@ -70,7 +85,7 @@ class Rig:
             [
                 Receipt(
                     key, batch_id, ds.SOPInstanceUID, CT, study, series,
-                    ExplicitVRLittleEndian, committed.size, "", "SCU", "", time.time() + self.n,
+                    transfer_syntax, committed.size, "", "SCU", "", time.time() + self.n,
                 )
             ]
         )  # fmt: skip

@@ -239,6 +239,32 @@ def test_delete(store: S3ObjectStore, s3: Any, bucket: str) -> None:
         s3.head_object(Bucket=bucket, Key=f"{PREFIX}/b1/del.dcm")
 
 
+def test_copy_move_put_bytes_and_exists(store: S3ObjectStore, s3: Any, bucket: str) -> None:
+    data = os.urandom(7000)
+    store.commit(stage(store, data), "b1/st/se/one.dcm")
+    store.copy("b1/st/se/one.dcm", "retry/r1/b1/st/se/one.dcm")
+    assert read_back(store, "retry/r1/b1/st/se/one.dcm") == data
+    head = s3.head_object(Bucket=bucket, Key=f"{PREFIX}/retry/r1/b1/st/se/one.dcm")
+    assert head["ServerSideEncryption"] == "AES256"  # the copy is encrypted like the original
+    store.move("b1/st/se/one.dcm", "quarantine/b1/st/se/one.dcm")
+    store.move("b1/st/se/one.dcm", "quarantine/b1/st/se/one.dcm")  # a replay: nothing to do
+    assert read_back(store, "quarantine/b1/st/se/one.dcm") == data
+    store.put_bytes("quarantine/b1/st/se/one.dcm.json", b"{}", content_type="application/json")
+    head = s3.head_object(Bucket=bucket, Key=f"{PREFIX}/quarantine/b1/st/se/one.dcm.json")
+    assert head["ContentType"] == "application/json"
+    assert sorted(store.list_keys()) == [
+        "quarantine/b1/st/se/one.dcm",
+        "quarantine/b1/st/se/one.dcm.json",
+        "retry/r1/b1/st/se/one.dcm",
+    ]
+    assert store.exists("quarantine/b1/st/se/one.dcm")
+    assert not store.exists("b1/st/se/one.dcm")
+    with pytest.raises(FileNotFoundError):
+        store.copy("b1/none.dcm", "retry/r1/none.dcm")
+    with pytest.raises(FileNotFoundError):
+        store.move("b1/none.dcm", "quarantine/b1/none.dcm")
+
+
 def test_bad_keys_are_rejected(store: S3ObjectStore) -> None:
     staging = stage(store, b"x")
     for key in ["", "/abs.dcm", "a/../b.dcm", "a//b.dcm", "a/", ".staging/x", "x.part"]:

@@ -233,7 +233,23 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("log_level", "TRACE"),
     ("fsync", "perhaps"),
     ("tls_cert_ae_map", "not json"),
+    ("keep_imported_days", -1),
+    ("keep_imported_days", "a week"),
+    ("keep_imported_days", "nan"),
 ]
+
+
+def test_keep_imported_days(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert load_settings().keep_imported_days == 7
+    for text, days in (("0", 0), ("1.5", 1.5), ("forever", None), (" Forever ", None)):
+        clean_env.setenv("STORE_SCP_KEEP_IMPORTED_DAYS", text)
+        assert load_settings().keep_imported_days == days
+    clean_env.delenv("STORE_SCP_KEEP_IMPORTED_DAYS")
+    toml = tmp_path / "c.toml"
+    toml.write_text('keep_imported_days = "forever"\n')
+    assert load_settings(toml).keep_imported_days is None
+    toml.write_text("keep_imported_days = 30\n")
+    assert load_settings(toml).keep_imported_days == 30
 
 
 @pytest.mark.parametrize(("field", "value"), BAD_VALUES)

@@ -16,7 +16,7 @@ OUT = "out/ds-DicomImport-job/"
 def test_missing_manifest_is_not_ready(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path)
     with pytest.raises(OutputNotReady):
-        read_job_output(store, OUT, "b1", [])
+        read_job_output(store, OUT, "b1/", {})
 
 
 def write(store: LocalObjectStore, key: str, text: str) -> None:
@@ -46,7 +46,7 @@ def test_documented_examples_map_to_receipts(tmp_path: Path) -> None:
     write(store, OUT + "SUCCESS/success.ndjson", "\n".join(map(json.dumps, [*success, unknown])))
     write(store, OUT + "FAILURE/failure.ndjson", "\n".join(map(json.dumps, failure)) + "\n")
 
-    out = read_job_output(store, OUT, "b1", keys)
+    out = read_job_output(store, OUT, "b1/", {key: key for key in keys})
     assert out.summary["numberOfScannedFiles"] == 5
     assert [i.key for i in out.imported] == keys[: len(success)]
     assert out.imported[0].image_set_id == success[0]["importResponse"]["imageSetId"]
@@ -64,5 +64,20 @@ def test_a_batch_id_must_start_a_path_component(tmp_path: Path) -> None:
     write(store, OUT + "job-output-manifest.json", '{"jobSummary": {}}')
     line = {"inputFile": "xb1/1.dcm", "importResponse": {"imageSetId": "i", "isPrimary": True}}
     write(store, OUT + "SUCCESS/success.ndjson", json.dumps(line))
-    out = read_job_output(store, OUT, "b1", ["b1/1.dcm"])
+    out = read_job_output(store, OUT, "b1/", {"b1/1.dcm": "b1/1.dcm"})
     assert out.imported == [] and out.unmatched == ["xb1/1.dcm"]
+
+
+def test_a_retry_batch_maps_its_copies_to_their_receipts(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    write(store, OUT + "job-output-manifest.json", '{"jobSummary": {}}')
+    copy = "retry/r1/b1/1.2/1.3/1.dcm"
+    lines = [
+        {"inputFile": f"landing/{copy}", "importResponse": {"imageSetId": "i", "isPrimary": True}},
+        # The receipt's own key is not what this job imported.
+        {"inputFile": "b1/1.2/1.3/1.dcm", "importResponse": {"imageSetId": "i"}},
+    ]
+    write(store, OUT + "SUCCESS/success.ndjson", "\n".join(map(json.dumps, lines)))
+    out = read_job_output(store, OUT, "retry/r1/", {copy: "b1/1.2/1.3/1.dcm"})
+    assert [(i.key, i.image_set_id) for i in out.imported] == [("b1/1.2/1.3/1.dcm", "i")]
+    assert out.unmatched == ["b1/1.2/1.3/1.dcm"]

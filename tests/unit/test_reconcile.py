@@ -253,6 +253,22 @@ def test_prefix_limits_the_scan_and_only_dcm_objects_are_receipts(
     assert tracker.counts_by_state()["RECEIVED"] == 2
 
 
+def test_quarantine_retry_copies_and_job_outputs_are_never_receipts(
+    store: LocalObjectStore, tracker: SqliteTracker
+) -> None:
+    one = part10(sop_instance_uid="1.2.3.1")
+    key = key_for("b1", one)
+    put(store, f"quarantine/{key}", one)
+    put(store, f"quarantine/{key}.json", b"{}")
+    put(store, f"retry/r1/{key}", one)
+    put(store, "import-output/x-DicomImport-1/SUCCESS/one.dcm", one)
+    assert reconcile(store, tracker) == 0
+    assert tracker.counts_by_state()["RECEIVED"] == 0
+    put(store, key, one)
+    assert reconcile(store, tracker) == 1
+    assert [r.key for r in tracker.receipts_for_instance("1.2.3.1")] == [key]
+
+
 def test_unparseable_objects_are_registered_without_phi_in_logs(
     store: LocalObjectStore, tracker: SqliteTracker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -398,6 +414,20 @@ class _Delegating:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.inner.put_bytes(key, data, content_type=content_type)
+
+    def copy(self, src: str, dst: str) -> None:
+        self.inner.copy(src, dst)
+
+    def move(self, src: str, dst: str) -> None:
+        self.inner.move(src, dst)
 
     def uri(self, prefix: str) -> str:
         return self.inner.uri(prefix)

@@ -186,8 +186,7 @@ def test_commit_of_a_missing_staging_file_raises(store: LocalObjectStore) -> Non
 
 def test_folder_removed_behind_the_cache_is_recreated(store: LocalObjectStore) -> None:
     store.commit(stage(store, b"1"), "b1/s/one.dcm")
-    store.delete("b1/s/one.dcm")
-    shutil.rmtree(store.objects_dir / "b1")  # e.g. cleanup after import
+    shutil.rmtree(store.objects_dir / "b1")  # by another process, or by hand
     store.commit(stage(store, b"2"), "b1/s/two.dcm")
     assert list(store.list_keys()) == ["b1/s/two.dcm"]
 
@@ -283,6 +282,78 @@ def test_two_stores_in_one_process_have_separate_staging(tmp_path: Path) -> None
     assert a.staging_dir.exists(), "a live store's folder survives another store's clean-up"
 
 
+# -- copy, move, put_bytes, exists ----------------------------------------------------------
+
+
+def test_copy_and_put_bytes_commit_new_objects(store: LocalObjectStore) -> None:
+    data = os.urandom(3000)
+    store.commit(stage(store, data), KEY)
+    store.copy(KEY, f"retry/r1/{KEY}")
+    store.put_bytes(f"quarantine/{KEY}.json", b'{"reason": "x"}')
+    assert store.exists(KEY) and store.exists(f"retry/r1/{KEY}")
+    with store.open(f"retry/r1/{KEY}") as f:
+        assert f.read() == data
+    with store.open(f"quarantine/{KEY}.json") as f:
+        assert f.read() == b'{"reason": "x"}'
+    store.put_bytes(f"quarantine/{KEY}.json", b"{}")  # replaces
+    with store.open(f"quarantine/{KEY}.json") as f:
+        assert f.read() == b"{}"
+    with pytest.raises(FileNotFoundError):
+        store.copy("b9/none.dcm", "retry/r1/none.dcm")
+    assert not store.exists("b9/none.dcm")
+    assert not store.exists("retry/r1/none.dcm")
+    assert list(store.staging_dir.iterdir()) == []  # nothing left behind
+
+
+def test_move_is_a_rename_and_replays(store: LocalObjectStore) -> None:
+    data = b"object bytes"
+    store.commit(stage(store, data), KEY)
+    store.move(KEY, f"quarantine/{KEY}")
+    assert sorted(store.list_keys()) == [f"quarantine/{KEY}"]
+    with store.open(f"quarantine/{KEY}") as f:
+        assert f.read() == data
+    store.move(KEY, f"quarantine/{KEY}")  # a replay after a crash: nothing to do
+    assert sorted(store.list_keys()) == [f"quarantine/{KEY}"]
+    with pytest.raises(FileNotFoundError):
+        store.move("b9/none.dcm", "quarantine/b9/none.dcm")
+    # The emptied batch folders are gone; the objects folder and the staging folder stay.
+    assert not (store.objects_dir / "batch-1").exists()
+    assert store.staging_dir.exists()
+    # A commit into a folder pruned behind the cache of this store recreates it.
+    store.commit(stage(store, b"again"), KEY)
+    with store.open(KEY) as f:
+        assert f.read() == b"again"
+
+
+def test_commits_survive_folders_pruned_at_the_same_time(tmp_path: Path) -> None:
+    # Two stores on one root stand for a receiver and a cleaning worker: each empties and
+    # prunes the study folder the other is creating series folders in.
+    stores = [LocalObjectStore(tmp_path / "data", fsync=False) for _ in range(2)]
+
+    def churn(n: int) -> None:
+        st = stores[n]
+        for i in range(400):
+            key = f"b1/study/se-{n}-{i}/one.dcm"
+            st.commit(stage(st, b"x"), key)
+            st.delete(key)
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(churn, n) for n in range(2)]:
+            future.result()  # no StorageError
+    assert list(stores[0].list_keys()) == []
+
+
+def test_delete_prunes_empty_folders_only(store: LocalObjectStore) -> None:
+    store.commit(stage(store, b"a"), "b1/st/se/one.dcm")
+    store.commit(stage(store, b"b"), "b1/st/other/two.dcm")
+    store.delete("b1/st/se/one.dcm")
+    assert not (store.objects_dir / "b1/st/se").exists()
+    assert (store.objects_dir / "b1/st/other/two.dcm").exists()
+    store.delete("b1/st/other/two.dcm")
+    assert not (store.objects_dir / "b1").exists()
+    assert store.objects_dir.exists()
+
+
 # -- durability order ------------------------------------------------------------------------
 
 
@@ -348,6 +419,26 @@ def test_fsync_file_then_rename_then_fsync_folder(
         ("rename", str(folder / "two.dcm"), file_ino),
         ("fsync", "dir", ino(folder)),
     ]
+
+
+def test_move_is_durable_at_both_ends(
+    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.commit(stage(store, b"x"), "b1/st/se/one.dcm")
+    store.commit(stage(store, b"y"), "b1/st/se/two.dcm")
+    source_folder = ino(store.objects_dir / "b1/st/se")
+    rec = SyscallRecorder(monkeypatch)
+    store.move("b1/st/se/one.dcm", "quarantine/b1/st/se/one.dcm")
+    dest = store.objects_dir / "quarantine/b1/st/se/one.dcm"
+    calls = rec.take()
+    # The new name is durable (its folders, then the rename, then its folder), then the old
+    # folder without the name.
+    assert calls[-3] == ("rename", str(dest), ino(dest))
+    assert calls[-2] == ("fsync", "dir", ino(dest.parent))
+    assert calls[-1] == ("fsync", "dir", source_folder)
+    assert all(c[:2] == ("fsync", "dir") for c in calls[:-3])
+    store.delete("b1/st/se/two.dcm")
+    assert rec.take() == [("fsync", "dir", source_folder)]
 
 
 def test_no_fsync_at_all_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

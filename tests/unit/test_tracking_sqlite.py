@@ -161,6 +161,9 @@ def test_schema(db_path: Path) -> None:
                 "image_set_version",
                 "cleanup_action",
                 "cleanup_at",
+                # Version 3: the claim of the worker cleaning up.
+                "cleanup_claimed_by",
+                "cleanup_claim_expires_at",
             }
             == columns
         )
@@ -179,6 +182,7 @@ def test_schema(db_path: Path) -> None:
         "series_instance_uid",
         "state",
         "batch_id",
+        "job_batch_id",  # the receipts of a job
     }
     # A state outside the state machine is refused by the database itself.
     with sqlite3.connect(db_path) as conn, pytest.raises(sqlite3.IntegrityError):

@@ -9,14 +9,15 @@ COMPLETED with failed files, and the manifest can appear after the status change
 manifest means "not yet", and the caller retries.
 
 `inputFile` is the file's key relative to the bucket (S3) or to the store root (local): it is
-matched to receipt keys by suffix, so that a store prefix in front of the batch prefix does
-not matter.
+matched from the job's input prefix on, so that a store prefix in front of it does not matter,
+to the object keys the job imported, and from there to their receipts (a retry batch imports
+copies whose keys are not the receipts' own).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..storage.base import ObjectStore
@@ -68,21 +69,24 @@ def _lines(raw: bytes | None) -> Iterable[dict[str, object]]:
             yield json.loads(line)
 
 
-def _match(input_file: str, batch_id: str, keys: set[str]) -> str | None:
-    """The receipt key `input_file` names: every key of a batch starts with its batch id,
-    and a store prefix (S3 prefix, local root) may stand in front of it."""
-    at = input_file.find(batch_id + "/")
-    if at < 0 or (at and input_file[at - 1] != "/"):
-        return None
-    key = input_file[at:]
-    return key if key in keys else None
+def _match(input_file: str, input_prefix: str, receipts: Mapping[str, str]) -> str | None:
+    """The receipt key of the object `input_file` names: the object's key starts with the
+    job's input prefix, and a store prefix (S3 prefix, local root) may stand in front of it."""
+    if input_file.startswith(input_prefix):
+        at = 0
+    else:
+        at = input_file.find("/" + input_prefix) + 1
+        if at == 0:
+            return None
+    return receipts.get(input_file[at:])
 
 
 def read_job_output(
-    store: ObjectStore, output_prefix: str, batch_id: str, batch_keys: Iterable[str]
+    store: ObjectStore, output_prefix: str, input_prefix: str, receipts: Mapping[str, str]
 ) -> JobOutput:
     """Read the outputs under `output_prefix` (a key prefix in `store`, ending with "/") of
-    the job that imported batch `batch_id`, whose receipt keys are `batch_keys`.
+    the job that imported `input_prefix`; `receipts` maps each object key the job imported to
+    its receipt key.
 
     Raises OutputNotReady while the manifest is missing.
     """
@@ -90,13 +94,12 @@ def read_job_output(
     if manifest is None:
         raise OutputNotReady(output_prefix)
     summary = json.loads(manifest).get("jobSummary", {})
-    keys = set(batch_keys)
     out = JobOutput(summary=summary)
     for line in _lines(_read(store, output_prefix + SUCCESS)):
         input_file = str(line.get("inputFile", ""))
         response = line.get("importResponse") or {}
         assert isinstance(response, dict)
-        key = _match(input_file, batch_id, keys)
+        key = _match(input_file, input_prefix, receipts)
         if key is None:
             out.unmatched.append(input_file)
             continue
@@ -114,7 +117,7 @@ def read_job_output(
         exc = line.get("exception") or {}
         assert isinstance(exc, dict)
         reason = f"{exc.get('exceptionType', 'Error')}: {exc.get('message', '')}".strip()
-        key = _match(input_file, batch_id, keys)
+        key = _match(input_file, input_prefix, receipts)
         if key is None:
             out.unmatched.append(input_file)
             continue

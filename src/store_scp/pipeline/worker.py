@@ -6,6 +6,12 @@
   derived from the batch, so a retried start can never create a second job.
 - `poll_jobs`: follow running jobs; on the end, read the outputs (retrying while the manifest
   is missing) and give every receipt its outcome.
+- `clean_up`: delete imported objects once kept long enough, move failed ones to quarantine
+  (`pipeline.cleanup`).
+
+Before a job starts, its batch's prefix holds exactly what it must import: objects of receipts
+that failed without a job (not importable, superseded) are quarantined first, and a retry
+batch's copies are made (`pipeline.retry`).
 
 `Worker` runs them in a loop (the embedded default and `store-scp worker`); the AWS Lambda
 handlers of the deployment will call the same functions.
@@ -24,10 +30,20 @@ from .. import failpoints, metrics
 from ..datastore.base import Datastore, DatastoreError
 from ..datastore.base import JobStatus as DatastoreJobStatus
 from ..storage.base import ObjectStore
-from ..tracking.base import Admission, ImportedInstance, JobStatus, State, Tracker
+from ..storage.layout import JOB_OUTPUT_PREFIX, RETRY_PREFIX, job_object_key
+from ..tracking.base import (
+    Admission,
+    ImportedInstance,
+    JobStatus,
+    ReceiptStatus,
+    State,
+    Tracker,
+)
 from ..tracking.reconcile import reconcile
+from .cleanup import CleanupPolicy, clean_up, clean_up_receipt
 from .policy import SealPolicy, StartLimiter, backoff
 from .results import OutputNotReady, read_job_output
+from .retry import stage_retry_copies
 
 log = logging.getLogger("store_scp.pipeline")
 
@@ -41,9 +57,10 @@ class PipelineConfig:
     role_arn: str = ""  # HealthImaging assumes it to read the input (AWS only)
     #: Where job outputs go in the object store (outside every batch), unless the Pipeline
     #: is given an `outputs` store.
-    output_prefix: str = "import-output/"
+    output_prefix: str = JOB_OUTPUT_PREFIX
     seal: SealPolicy = field(default_factory=SealPolicy)
     limiter: StartLimiter = field(default_factory=StartLimiter)
+    cleanup: CleanupPolicy = field(default_factory=CleanupPolicy)
     #: How long to wait for a manifest after the job ended before failing its receipts.
     output_wait_seconds: float = 600.0
 
@@ -82,6 +99,7 @@ class Pipeline:
         self._retry_at: dict[str, float] = {}  # batch id -> earliest next start attempt
         self._attempts: dict[str, int] = {}
         self._reconciled: set[str] = set()  # orphaned batches whose objects all have receipts
+        self._next_cleanup = 0.0
 
     # --- sealing ---------------------------------------------------------------------------
 
@@ -98,11 +116,13 @@ class Pipeline:
         for batch in self.tracker.open_batches():
             if batch.lease_expires_at > now:
                 continue
-            if batch.batch_id not in self._reconciled:
+            retry = batch.prefix.startswith(RETRY_PREFIX)
+            if not retry and batch.batch_id not in self._reconciled:
                 reconcile(self.store, self.tracker, prefix=batch.prefix)
                 self._reconciled.add(batch.batch_id)
                 batch = self.tracker.batch(batch.batch_id) or batch
-            if batch.files == 0:
+            # A retry batch counts no files (its receipts were received elsewhere).
+            if batch.files == 0 and not retry:
                 continue
             if self.tracker.seal_batch(batch.batch_id, self.config.owner, now=now):
                 failpoints.hit("worker.orphan_sealed")
@@ -149,17 +169,54 @@ class Pipeline:
         admission = self.tracker.mark_importing(keys, batch_id, now=now)
         if any(a in (Admission.BLOCKED, Admission.WAITING) for a in admission.values()):
             return None  # another job still imports one of its instances
-        return [k for k, a in admission.items() if a is Admission.ACCEPTED]
+        admitted = [k for k, a in admission.items() if a is Admission.ACCEPTED]
+        # A retry batch's receipts were admitted by the retry.
+        admitted += [r.key for r in self._retried_into(batch_id)]
+        return admitted
+
+    def _retried_into(self, batch_id: str) -> list[ReceiptStatus]:
+        return [
+            r
+            for r in self.tracker.receipts_in_job(batch_id)
+            if r.state is State.IMPORTING and r.batch_id != batch_id
+        ]
+
+    def _prepare_input(self, batch_id: str, now: float) -> bool:
+        """Make the batch's prefix hold exactly what its job must import; False to wait."""
+        ready = True
+        for r in self.tracker.receipts_in_batch(batch_id):
+            if r.state is State.FAILED and r.cleanup_action is None:
+                # Failed without a job (not importable, superseded): out of the prefix first.
+                ready &= clean_up_receipt(
+                    self.tracker,
+                    self.store,
+                    r,
+                    owner=self.config.owner,
+                    policy=self.config.cleanup,
+                    now=now,
+                    clock=self.clock,
+                )
+        stage_retry_copies(self.tracker, self.store, batch_id, self._retried_into(batch_id))
+        return ready
 
     def _start(self, batch_id: str, now: float) -> bool:
         job = self.tracker.batch_job(batch_id)
+        batch = self.tracker.batch(batch_id)
+        prefix = job.prefix if job else batch.prefix if batch else f"{batch_id}/"
         if job is None:
             admitted = self._admit(batch_id, now)
             if admitted is None:
                 self._retry_at[batch_id] = now + 5
                 return False
+            ready = self._prepare_input(batch_id, now)
             if not admitted:
-                return False  # nothing left to import (all failed or superseded)
+                # Nothing to import (all failed or superseded): no job. Looked at again now
+                # and then: a retry's receipts may show late in an eventually consistent index.
+                self._retry_at[batch_id] = now + 30
+                return False
+            if not ready:
+                self._retry_at[batch_id] = now + 5  # another worker is cleaning one up
+                return False
             failpoints.hit("worker.admitted")
             if not self.tracker.record_job_start(
                 batch_id, client_token(batch_id), job_name(batch_id), now=now
@@ -171,7 +228,7 @@ class Pipeline:
             job_id = self.datastore.start_import_job(
                 job_name=job_name(batch_id),
                 client_token=client_token(batch_id),
-                input_uri=self.store.uri(f"{batch_id}/"),
+                input_uri=self.store.uri(prefix),
                 output_uri=self.outputs.uri(self._outputs_prefix),
                 role_arn=self.config.role_arn,
             )
@@ -200,9 +257,7 @@ class Pipeline:
     def _fail_job(self, batch_id: str, message: str, now: float) -> None:
         self.tracker.update_job(batch_id, status=JobStatus.FAILED, message=message, now=now)
         failpoints.hit("worker.job_failed")
-        keys = [
-            r.key for r in self.tracker.receipts_in_batch(batch_id) if r.state is State.IMPORTING
-        ]
+        keys = [r.key for r in self.tracker.receipts_in_job(batch_id) if r.state is State.IMPORTING]
         self.tracker.mark_failed(keys, message, batch_id, at=now)
         self.tracker.update_job(batch_id, results_at=now, now=now)
         metrics.IMPORT_JOBS.labels(event="failed").inc()
@@ -249,13 +304,17 @@ class Pipeline:
                 done.append(job.batch_id)
                 continue
             if self._record_results(
-                job.batch_id, self.datastore.job_output_prefix(status), status.ended_at, now
+                job.batch_id,
+                job.prefix,
+                self.datastore.job_output_prefix(status),
+                status.ended_at,
+                now,
             ):
                 done.append(job.batch_id)
         return done
 
     def _record_results(
-        self, batch_id: str, output_uri: str, ended_at: float | None, now: float
+        self, batch_id: str, input_prefix: str, output_uri: str, ended_at: float | None, now: float
     ) -> bool:
         # A job started before the output location was reconfigured wrote into the old one.
         source = next(
@@ -264,10 +323,11 @@ class Pipeline:
         if source is None:
             raise ValueError(f"job output {output_uri} is outside the output store")
         prefix = output_uri[len(source.uri("")) :]
-        receipts = self.tracker.receipts_in_batch(batch_id)
+        receipts = self.tracker.receipts_in_job(batch_id)
         importing = {r.key for r in receipts if r.state is State.IMPORTING}
+        inputs = {job_object_key(r.key, r.batch_id, batch_id): r.key for r in receipts}
         try:
-            output = read_job_output(source, prefix, batch_id, [r.key for r in receipts])
+            output = read_job_output(source, prefix, input_prefix, inputs)
         except OutputNotReady:
             if ended_at is not None and now - ended_at > self.config.output_wait_seconds:
                 self._fail_job(batch_id, "job outputs never appeared", now)
@@ -317,10 +377,29 @@ class Pipeline:
         )
         return True
 
+    # --- cleanup ---------------------------------------------------------------------------
+
+    def clean_up(self) -> int:
+        """Delete imported objects kept long enough, quarantine failed ones; returns how many
+        receipts' cleanups were recorded."""
+        now = self.clock()
+        self._next_cleanup = now + self.config.cleanup.interval_seconds
+        return clean_up(
+            self.tracker,
+            self.store,
+            self.config.cleanup,
+            owner=self.config.owner,
+            now=now,
+            clock=self.clock,
+        )
+
     def run_once(self) -> None:
         self.seal_orphans()
         self.start_jobs()
-        self.poll_jobs()
+        ended = self.poll_jobs()
+        due = ended or self.clock() >= self._next_cleanup
+        if due and self.clean_up() >= self.config.cleanup.batch_size:
+            self._next_cleanup = 0.0  # more is due: go on at the next round
 
 
 class Worker:

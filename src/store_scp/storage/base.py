@@ -54,6 +54,29 @@ class ObjectStore(Protocol):
         """Remove a committed object; a missing key is not an error."""
         ...
 
+    def exists(self, key: str) -> bool:
+        """True if an object is committed under `key`."""
+        ...
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Commit small `data` under `key` (replacing any object there), as durably as
+        `commit`. Raises StorageError."""
+        ...
+
+    def copy(self, src: str, dst: str) -> None:
+        """Commit a copy of the object `src` under `dst` (replacing any object there), as
+        durably as `commit`. Raises FileNotFoundError if `src` is missing, else StorageError."""
+        ...
+
+    def move(self, src: str, dst: str) -> None:
+        """Move the object `src` to `dst`: durable under `dst` before it leaves `src`, so a crash
+        at any moment leaves it under one key or both, never under none. With `src` missing and
+        `dst` present (a move replayed after a crash) there is nothing to do. Raises
+        FileNotFoundError if neither exists, else StorageError."""
+        ...
+
     def uri(self, prefix: str) -> str:
         """A URI for a prefix (file:///... or s3://bucket/prefix/), for import jobs and logs."""
         ...

@@ -18,6 +18,12 @@ files: such keys are refused, and `list_keys` never yields such entries.
 Committing a key that already exists replaces the object atomically: readers see the old or the
 new bytes, never a mix. The store does not make keys unique; callers do (the receiver puts every
 receipt under its own batch prefix and key).
+
+`copy` and `put_bytes` write a staging file and commit it, so they are exactly as durable.
+`move` is a rename: the object is under one key at every moment; both folders are fsynced
+before it returns. `delete` fsyncs the folder too, so a deletion recorded in the tracker stays
+done after a power loss. Folders emptied by `move` and `delete` are removed (a commit into a
+folder removed meanwhile creates it again).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +55,9 @@ _STAGING_DIRNAME = ".staging"
 #: Bound on the cache of folders known to exist durably; past it the cache starts over (a folder
 #: then costs one more fsync of its parent, nothing else).
 _MAX_KNOWN_DIRS = 100_000
+
+#: Tries of creating a key's folders and renaming into them while other processes prune.
+_PLACE_ROUNDS = 50
 
 _DIR_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
@@ -154,6 +165,8 @@ class LocalObjectStore:
                 os.mkdir(d)
             except FileExistsError:
                 if not os.path.isdir(d):
+                    if not os.path.lexists(d):  # pruned right then: the caller tries again
+                        raise FileNotFoundError(errno.ENOENT, "folder removed meanwhile") from None
                     raise
             # Also for a folder that already existed but is not yet known: its entry may not be
             # durable yet (another thread may have just created it, or a crash interrupted).
@@ -176,6 +189,45 @@ class LocalObjectStore:
     def _path(self, key: str) -> str:
         return os.path.join(self._objects, validate_key(key))
 
+    def _place(self, src: str, dest: str, what: str) -> None:
+        """Rename `src` to `dest`, creating the folders of `dest` durably first. A folder removed
+        meanwhile (emptied and pruned by another thread or process) is created again. Raises
+        FileNotFoundError when `src` is missing, StorageError for any other failure."""
+        folder = os.path.dirname(dest)
+        for round_ in range(_PLACE_ROUNDS):
+            step = "creation of the key's folders"
+            try:
+                if folder not in self._known_dirs:
+                    self._ensure_dir_chain(folder)
+                step = "rename into place"
+                os.rename(src, dest)
+                return
+            except FileNotFoundError as exc:
+                if not os.path.exists(src):
+                    raise
+                if round_ == _PLACE_ROUNDS - 1:
+                    raise StorageError(f"{what}: {step} failed: {_errno_name(exc)}") from exc
+                self._forget_dirs(folder)
+            except OSError as exc:
+                raise StorageError(f"{what}: {step} failed: {_errno_name(exc)}") from exc
+
+    def _new_staging(self, key: str) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.staging_dir, prefix="w-", suffix=STAGING_SUFFIX)
+        os.close(fd)
+        return Path(name)
+
+    def _prune(self, folder: str) -> None:
+        """Remove `folder` and its ancestors below the objects folder while they are empty.
+        Not fsynced: an empty folder that comes back after a crash is harmless."""
+        d = folder
+        while d != self._objects and d.startswith(self._objects + os.sep):
+            self._known_dirs.discard(d)
+            try:
+                os.rmdir(d)
+            except OSError:
+                return  # not empty (or gone): its ancestors are not empty either
+            d = os.path.dirname(d)
+
     # -- the ObjectStore port ----------------------------------------------------------------
 
     def commit(self, staging: Path, key: str) -> CommittedObject:
@@ -195,23 +247,14 @@ class LocalObjectStore:
             else:
                 step = "stat of the staging file"
                 size = os.stat(src).st_size
-            step = "creation of the key's folders"
-            if folder not in self._known_dirs:
-                self._ensure_dir_chain(folder)
-            step = "rename into place"
-            try:
-                os.rename(src, dest)
-            except FileNotFoundError:
-                if not os.path.exists(src):
-                    raise
-                # Cached folders were removed behind our back: forget them, create them again.
-                self._forget_dirs(folder)
-                step = "re-creation of the key's folders"
-                self._ensure_dir_chain(folder)
-                step = "rename into place"
-                os.rename(src, dest)
         except OSError as exc:
             raise StorageError(f"commit of {key}: {step} failed: {_errno_name(exc)}") from exc
+        try:
+            self._place(src, dest, f"commit of {key}")
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"commit of {key}: rename into place failed: {_errno_name(exc)}"
+            ) from exc
         if self.fsync:
             try:
                 self._fsync_dir(folder)
@@ -276,14 +319,79 @@ class LocalObjectStore:
             raise StorageError(f"open of {key} failed: {_errno_name(exc)}") from exc
 
     def delete(self, key: str) -> None:
-        """Remove an object; a missing key is fine. Not fsynced: a crash may bring it back."""
+        """Remove an object durably (its folder is fsynced); a missing key is fine."""
         path = self._path(key)
         try:
             os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
             raise StorageError(f"delete of {key} failed: {_errno_name(exc)}") from exc
+        try:
+            if self.fsync:
+                self._fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise StorageError(
+                f"delete of {key}: fsync of its folder failed: {_errno_name(exc)}"
+            ) from exc
+        self._prune(os.path.dirname(path))
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Commit `data` under `key` through a staging file (`content_type` is for S3)."""
+        validate_key(key)
+        staging = self._new_staging(key)
+        try:
+            with open(staging, "wb") as f:
+                f.write(data)
+            self.commit(staging, key)
+        except OSError as exc:
+            raise StorageError(f"write of {key} failed: {_errno_name(exc)}") from exc
+        finally:
+            self.discard(staging)  # gone already after a commit
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy into a staging file, then commit it under `dst`."""
+        source = self._path(src)
+        validate_key(dst)
+        staging = self._new_staging(dst)
+        try:
+            shutil.copyfile(source, staging)
+            self.commit(staging, dst)
+        except FileNotFoundError as exc:
+            if os.path.exists(source):
+                raise StorageError(f"copy of {src} to {dst} failed: staging file vanished") from exc
+            raise
+        except OSError as exc:
+            raise StorageError(f"copy of {src} to {dst} failed: {_errno_name(exc)}") from exc
+        finally:
+            self.discard(staging)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename `src` to `dst`, then fsync the destination folder and the source folder."""
+        source, dest = self._path(src), self._path(dst)
+        folder, source_folder = os.path.dirname(dest), os.path.dirname(source)
+        try:
+            self._place(source, dest, f"move of {src} to {dst}")
+        except FileNotFoundError:
+            if os.path.isfile(dest):
+                return  # moved already: a replay
+            raise FileNotFoundError(errno.ENOENT, f"no object {src}") from None
+        step = "fsync of the destination folder"
+        try:
+            if self.fsync:
+                self._fsync_dir(folder)
+                step = "fsync of the source folder"
+                self._fsync_dir(source_folder)
+        except OSError as exc:
+            raise StorageError(
+                f"move of {src} to {dst}: {step} failed: {_errno_name(exc)}"
+            ) from exc
+        self._prune(source_folder)
 
     def uri(self, prefix: str) -> str:
         """`file://` URI of the folder of `prefix`, ending with '/'."""

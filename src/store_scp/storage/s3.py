@@ -10,6 +10,10 @@ Every upload carries server-side encryption (`aws:kms` with the given key, else 
 SHA-256 checksum that S3 verifies on arrival. Objects are stored exactly as received: never with
 a `Content-Encoding` (AWS HealthImaging rejects gzip-encoded input).
 
+`copy` is a server-side copy (CopyObject, or UploadPartCopy above the multipart threshold) with
+the same encryption and checksum; `move` is a copy followed by a delete, so the object is under
+one key or both at every moment.
+
 Keys follow the same rules as the local store (see `store_scp.storage.local.validate_key`), so a
 key valid for one adapter is valid for the other.
 """
@@ -257,6 +261,55 @@ class S3ObjectStore:
             raise StorageError(f"delete of {self._where(full)} failed: {_error_code(exc)}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"delete of {self._where(full)} failed: {_error_code(exc)}") from exc
+
+    def exists(self, key: str) -> bool:
+        full = self._full_key(key)
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=full)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return False
+            raise StorageError(f"head of {self._where(full)} failed: {_error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"head of {self._where(full)} failed: {_error_code(exc)}") from exc
+        return True
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> None:
+        full = self._full_key(key)
+        args = dict(self._extra_args, ContentType=content_type)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=full, Body=data, **args)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"write of {self._where(full)} failed: {_error_code(exc)}") from exc
+
+    def copy(self, src: str, dst: str) -> None:
+        source, full = self._full_key(src), self._full_key(dst)
+        args = {k: v for k, v in self._extra_args.items() if k != "ContentType"}
+        try:
+            self._manager.copy(
+                {"Bucket": self.bucket, "Key": source}, self.bucket, full, extra_args=args
+            ).result()
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no object {self._where(source)}") from exc
+            raise StorageError(
+                f"copy of {self._where(source)} to {full} failed: {_error_code(exc)}"
+            ) from exc
+        except (Boto3Error, BotoCoreError) as exc:
+            raise StorageError(
+                f"copy of {self._where(source)} to {full} failed: {_error_code(exc)}"
+            ) from exc
+
+    def move(self, src: str, dst: str) -> None:
+        try:
+            self.copy(src, dst)
+        except FileNotFoundError:
+            if self.exists(dst):
+                return  # moved already: a replay
+            raise
+        self.delete(src)
 
     def uri(self, prefix: str) -> str:
         """`s3://bucket/<store prefix>/<prefix>/`."""

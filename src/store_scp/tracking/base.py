@@ -17,8 +17,19 @@ Each receipt has a state::
 Every outcome is an *attempt* (`attempts(key)`): an import attempt is opened by
 `mark_importing` and closed by `mark_imported` / `mark_failed`; a failure without a job (not
 importable, superseded) is an attempt that opens and closes at once. A retry is a new attempt
-on the same receipt; the receipt row shows the newest attempt. Cleanup (the object deleted,
-kept or quarantined) is recorded beside the outcome by `record_cleanup`, never in its place.
+on the same receipt; the receipt row shows the newest attempt. A retry imports from a batch of
+its own (a retry batch, whose prefix holds copies of the retried objects): `receipts_in_job`
+answers which receipts a job imports, `receipts_in_batch` which were received in a batch.
+
+Cleanup
+-------
+What was done with the object of an outcome (deleted, quarantined) is recorded beside it by
+`record_cleanup`, on the receipt and on its newest attempt, never in place of the outcome. A new
+attempt starts without a cleanup: its own outcome gets its own. `cleanup_due` lists the outcomes
+whose cleanup is not recorded; `claim_cleanup` gives one of them to one worker at a time (a
+conditional write with a lease, so a worker that died is replaced once its lease expired), so
+two workers never clean up the same receipt at once. A claim outlives a new attempt: the
+cleanup of a retry's outcome waits until the cleanup of the outcome before it has stopped.
 
 The import pipeline names a job by the id of the batch it imports (the job record's key): the
 datastore's job id does not exist yet when the receipts are admitted, and a start can fail
@@ -229,6 +240,8 @@ class Attempt:
     image_set_id: str | None
     is_primary: bool | None
     image_set_version: str | None
+    cleanup_action: str | None = None  # what was done with the object of this outcome
+    cleanup_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +365,42 @@ class Tracker(Protocol):
         carry this outcome after the call (applied now or replayed); others were refused."""
         ...
 
-    def record_cleanup(self, key: str, action: str, at: float | None = None) -> bool:
+    def record_cleanup(
+        self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
+    ) -> bool:
         """Record what was done with the object of an IMPORTED or FAILED receipt (e.g.
-        "deleted", "kept", "quarantined:<prefix>"), beside its outcome. False if the receipt
-        is unknown or not final."""
+        "deleted", "quarantined:<key>"), beside its outcome: on the receipt and on its newest
+        attempt; the claim of `claim_cleanup` ends. With `attempt`, only while that is the
+        newest attempt (the cleanup of an outcome a retry has replaced is refused). A replay
+        keeps the first time and answers True for the same action. False if the receipt is
+        unknown, not final or not in `attempt`."""
+        ...
+
+    def claim_cleanup(
+        self,
+        key: str,
+        attempt: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> bool:
+        """Claim the cleanup of a final receipt in its newest attempt `attempt`, for `owner`,
+        until `now + lease_seconds`. True for one owner at a time (the holder may renew);
+        False if the receipt is not final in `attempt`, its cleanup is recorded, or another
+        owner's claim has not expired."""
+        ...
+
+    def cleanup_due(
+        self,
+        *,
+        keep_imported_seconds: float | None,
+        now: float | None = None,
+        limit: int = 100,
+    ) -> list[ReceiptStatus]:
+        """Final receipts whose cleanup is not recorded and not claimed (or whose claim
+        expired): every FAILED one, and the IMPORTED ones imported `keep_imported_seconds`
+        ago or more (none when None: kept forever). Oldest outcome first, at most `limit`."""
         ...
 
     # -- receipt queries ------------------------------------------------------------------
@@ -368,6 +413,11 @@ class Tracker(Protocol):
 
     def receipts_in_batch(self, batch_id: str) -> list[ReceiptStatus]:
         """Every receipt received under `batch_id`, by key."""
+        ...
+
+    def receipts_in_job(self, batch_id: str) -> list[ReceiptStatus]:
+        """Every receipt whose newest attempt is the job of `batch_id` (received in that batch
+        or retried into it), by key."""
         ...
 
     def superseded(self, key: str) -> bool:

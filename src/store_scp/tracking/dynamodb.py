@@ -24,8 +24,16 @@ of "" (a UID or batch id never is "-"); the plain attributes keep the value as r
       receipt is RECEIVED, IMPORTING or FAILED (absent once IMPORTED, so the bulk of the table
       stays out of it), over `STATE_SHARDS` shards (crc32 of the key) so that no partition of
       the index takes every write: `failures`, `oldest_unimported_age`.
+    - ``by_job``       ``g_job`` / ``key``: the batch whose job runs/ran the newest attempt
+      (``job_batch_id``), absent without one: `receipts_in_job`.
+    - ``by_cleanup``   ``g_cleanup`` / ``state_changed_at``: sparse, ``"<STATE>#<shard>"`` from
+      the moment the receipt is IMPORTED or FAILED until its cleanup is recorded:
+      `cleanup_due`.
 
-``attempts``  PK ``key`` (S), SK ``attempt`` (N): the history of each receipt (`Attempt`).
+    The cleanup claim is ``cleanup_claimed_by`` / ``cleanup_claim_expires_at``.
+
+``attempts``  PK ``key`` (S), SK ``attempt`` (N): the history of each receipt (`Attempt`, with the
+    cleanup of its outcome).
 
 ``instances``  PK ``sop_instance_uid`` (S): one item per SOP instance that was ever admitted.
     ``importing_key`` / ``importing_batch``: the receipt IMPORTING now (the lock of ordering
@@ -51,12 +59,16 @@ Consistency
 Conditional writes guard every transition: a receipt moves only from the state (and attempt)
 it was read in, within a TransactWriteItems that also moves the instance's lock, writes the
 attempt and adds to a counter. A cancelled transaction (another writer got there first) is read
-again and decided again, a bounded number of times. Sealing (`seal_batch`) and starting
-(`record_job_start`) are single-item conditional writes: of two workers, exactly one wins.
+again and decided again, a bounded number of times. Sealing (`seal_batch`), starting
+(`record_job_start`) and claiming a cleanup (`claim_cleanup`) are single-item conditional
+writes: of two workers, exactly one wins. A retry is a transition like any other
+(`mark_importing`): of two workers retrying one receipt, one admits it and the other finds it
+IMPORTING elsewhere.
 Reads that decide (`known_keys`, a receipt before its transition, a lock, a batch, a job) are
 strongly consistent reads of the tables. Queries through a GSI (`where`, `failures`,
-`receipts_in_batch`, `receipts_for_instance`, `open_batches`, `sealed_batches_without_job`,
-`jobs`) are eventually consistent, as GSIs are: a change can take a moment to appear in them.
+`receipts_in_batch`, `receipts_in_job`, `cleanup_due`, `receipts_for_instance`, `open_batches`,
+`sealed_batches_without_job`, `jobs`) are eventually consistent, as GSIs are: a change can
+take a moment to appear in them.
 `jobs()` without a status scans the jobs table (one item per import job: small).
 """
 
@@ -101,6 +113,10 @@ STATE_SHARDS = 8
 COUNTER_SHARDS = 32
 
 _MAX_TRANSACT_ITEMS = 100
+_FINAL = (State.IMPORTED.value, State.FAILED.value)
+#: The cleanup of an outcome: a new attempt starts without it. A claim still held stays: the
+#: cleanup of the new outcome waits until the old one's has stopped.
+_CLEANUP_FIELDS = ("cleanup_action", "cleanup_at")
 _BATCH_GET = 100
 #: Rounds of read, decide, write before a transition gives up with TrackerError.
 _MAX_ROUNDS = 12
@@ -169,7 +185,10 @@ class DynamoDbTracker(TrackerConveniences):
                     g_study="S",
                     g_batch="S",
                     g_state="S",
+                    g_job="S",
+                    g_cleanup="S",
                     received_at="N",
+                    state_changed_at="N",
                 ),
                 "GlobalSecondaryIndexes": [
                     gsi("by_instance", "g_sop", "received_at"),
@@ -177,6 +196,8 @@ class DynamoDbTracker(TrackerConveniences):
                     gsi("by_study", "g_study", "received_at"),
                     gsi("by_batch", "g_batch", "key"),
                     gsi("by_state", "g_state", "received_at"),
+                    gsi("by_job", "g_job", "key"),
+                    gsi("by_cleanup", "g_cleanup", "state_changed_at"),
                 ],
             },
             {
@@ -383,7 +404,12 @@ class DynamoDbTracker(TrackerConveniences):
                 self._update(
                     self.tables.receipts,
                     {"key": row["key"]},
-                    set_={"state": State.IMPORTED.value, "state_changed_at": when, **values},
+                    set_={
+                        "state": State.IMPORTED.value,
+                        "state_changed_at": when,
+                        "g_cleanup": _state_key(State.IMPORTED, row["key"]),
+                        **values,
+                    },
                     remove=["reason", "g_state"],
                     condition=_in_attempt(row),
                 ),
@@ -444,6 +470,7 @@ class DynamoDbTracker(TrackerConveniences):
                         "state_changed_at": when,
                         "reason": reason,
                         "g_state": _state_key(State.FAILED, row["key"]),
+                        "g_cleanup": _state_key(State.FAILED, row["key"]),
                     },
                     condition=_in_attempt(row),
                 ),
@@ -467,17 +494,112 @@ class DynamoDbTracker(TrackerConveniences):
 
         return self._apply(list(dict.fromkeys(keys)), plan, "record failures")
 
-    def record_cleanup(self, key: str, action: str, at: float | None = None) -> bool:
+    def record_cleanup(
+        self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
+    ) -> bool:
+        when = _now(at)
+        for round_ in range(_MAX_ROUNDS):
+            row = self._get(self.tables.receipts, {"key": key})
+            if row is None or row["state"] not in _FINAL:
+                return False
+            newest = int(row["attempt"])
+            if attempt not in (None, newest):
+                return False
+            if row.get("cleanup_action") is not None:
+                return bool(row["cleanup_action"] == action)  # a replay
+            ops = [
+                self._update(
+                    self.tables.receipts,
+                    {"key": key},
+                    set_={"cleanup_action": action, "cleanup_at": when},
+                    remove=["g_cleanup", "cleanup_claimed_by", "cleanup_claim_expires_at"],
+                    condition=(
+                        "#c0 = :c0 AND #c1 = :c1 AND attribute_not_exists(#c2)",
+                        {"#c0": "state", "#c1": "attempt", "#c2": "cleanup_action"},
+                        {":c0": row["state"], ":c1": newest},
+                    ),
+                ),
+                self._update(
+                    self.tables.attempts,
+                    {"key": key, "attempt": newest},
+                    set_={"cleanup_action": action, "cleanup_at": when},
+                    condition=("attribute_exists(#c0)", {"#c0": "key"}, {}),
+                ),
+            ]
+            if self._transact(ops) is None:
+                return True
+            _backoff(round_)  # moved meanwhile: read again, decide again
+        raise TrackerError(f"could not record the cleanup of {key}: contention")
+
+    def claim_cleanup(
+        self,
+        key: str,
+        attempt: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> bool:
+        at = _now(now)
         return self._conditional_update(
             self.tables.receipts,
             {"key": key},
-            set_={"cleanup_action": action, "cleanup_at": _now(at)},
+            set_={"cleanup_claimed_by": owner, "cleanup_claim_expires_at": at + lease_seconds},
             condition=(
-                "#c0 IN (:c0, :c1)",
-                {"#c0": "state"},
-                {":c0": State.IMPORTED.value, ":c1": State.FAILED.value},
+                "#c0 IN (:c0, :c1) AND #c1 = :c2 AND attribute_not_exists(#c2)"
+                " AND (attribute_not_exists(#c3) OR #c3 = :c3 OR #c4 < :c4)",
+                {
+                    "#c0": "state",
+                    "#c1": "attempt",
+                    "#c2": "cleanup_action",
+                    "#c3": "cleanup_claimed_by",
+                    "#c4": "cleanup_claim_expires_at",
+                },
+                {
+                    ":c0": State.IMPORTED.value,
+                    ":c1": State.FAILED.value,
+                    ":c2": int(attempt),
+                    ":c3": owner,
+                    ":c4": at,
+                },
             ),
         )
+
+    def cleanup_due(
+        self,
+        *,
+        keep_imported_seconds: float | None,
+        now: float | None = None,
+        limit: int = 100,
+    ) -> list[ReceiptStatus]:
+        at = _now(now)
+        conditions: list[tuple[State, float | None]] = [(State.FAILED, None)]
+        if keep_imported_seconds is not None:
+            conditions.append((State.IMPORTED, at - keep_imported_seconds))
+        found: list[Item] = []
+        for state, cutoff in conditions:
+            for shard in range(STATE_SHARDS):
+                request: dict[str, Any] = {
+                    "TableName": self.tables.receipts,
+                    "IndexName": "by_cleanup",
+                    "KeyConditionExpression": "g_cleanup = :g",
+                    "ExpressionAttributeValues": {":g": _av(f"{state.value}#{shard}")},
+                    "Limit": limit,
+                }
+                if cutoff is not None:
+                    request["KeyConditionExpression"] += " AND state_changed_at <= :t"
+                    request["ExpressionAttributeValues"][":t"] = _av(cutoff)
+                # Each shard's oldest `limit` hold the oldest `limit` overall: one page each.
+                found += [_item(raw) for raw in self._client.query(**request).get("Items", [])]
+        due = [
+            item
+            for item in found
+            if item["state"] in _FINAL
+            and item.get("cleanup_action") is None
+            and float(item.get("cleanup_claim_expires_at") or 0) < at
+        ]
+        due.sort(key=lambda item: (float(item["state_changed_at"]), item["key"]))
+        return self._statuses(due[:limit])
 
     # -- receipt queries --------------------------------------------------------------------
 
@@ -499,6 +621,11 @@ class DynamoDbTracker(TrackerConveniences):
 
     def receipts_in_batch(self, batch_id: str) -> list[ReceiptStatus]:
         items = self._query(self.tables.receipts, "by_batch", "g_batch", _gk(batch_id))
+        items.sort(key=lambda item: item["key"])
+        return self._statuses(items)
+
+    def receipts_in_job(self, batch_id: str) -> list[ReceiptStatus]:
+        items = self._query(self.tables.receipts, "by_job", "g_job", batch_id)
         items.sort(key=lambda item: item["key"])
         return self._statuses(items)
 
@@ -1029,9 +1156,17 @@ class DynamoDbTracker(TrackerConveniences):
                     "state_changed_at": at,
                     "attempt": attempt,
                     "job_batch_id": batch_id,
+                    "g_job": batch_id,
                     "g_state": _state_key(State.IMPORTING, row["key"]),
                 },
-                remove=["image_set_id", "is_primary", "image_set_version", "reason"],
+                remove=[
+                    "image_set_id",
+                    "is_primary",
+                    "image_set_version",
+                    "reason",
+                    "g_cleanup",
+                    *_CLEANUP_FIELDS,
+                ],
                 condition=_unchanged(row),
             ),
             self._put_attempt(
@@ -1084,8 +1219,16 @@ class DynamoDbTracker(TrackerConveniences):
                     "attempt": attempt,
                     "reason": reason,
                     "g_state": _state_key(State.FAILED, row["key"]),
+                    "g_cleanup": _state_key(State.FAILED, row["key"]),
                 },
-                remove=["job_batch_id", "image_set_id", "is_primary", "image_set_version"],
+                remove=[
+                    "job_batch_id",
+                    "g_job",
+                    "image_set_id",
+                    "is_primary",
+                    "image_set_version",
+                    *_CLEANUP_FIELDS,
+                ],
                 condition=_unchanged(row),
             ),
             self._put_attempt(
@@ -1494,6 +1637,7 @@ _FLOATS = {
     "updated_at",
     "results_at",
     "cleaned_at",
+    "cleanup_claim_expires_at",
 }
 
 

@@ -18,7 +18,9 @@ RECEIVED, rebuilding the receipt from the object itself:
   real file (the local store), else the time of reconciliation.
 
 Only keys ending in ".dcm" are receipts (the receiver names every object that way); other objects
-under the prefix (notes, job outputs) are left alone.
+under the prefix (notes, job outputs) are left alone. Nothing under the reserved prefixes of
+`storage.layout` (quarantine, retry copies, job outputs) is a receipt: a quarantined object or a
+retry copy is the copy of a receipt that has its row already, never a new one.
 
 Unreadable objects. An object whose header cannot be parsed, or that lacks one of the SOP
 Class, SOP Instance, Study or Series UIDs, is still registered (as RECEIVED: marking it FAILED,
@@ -55,6 +57,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from store_scp.storage.base import ObjectStore, StorageError
+from store_scp.storage.layout import is_reserved
 from store_scp.tracking.base import Receipt, Tracker
 
 __all__ = ["OBJECT_SUFFIX", "reconcile"]
@@ -166,7 +169,7 @@ def reconcile(store: ObjectStore, tracker: Tracker, *, prefix: str = "") -> int:
 
 
 def _batches(keys: Iterator[str], size: int) -> Iterator[list[str]]:
-    receipts = (key for key in keys if key.endswith(OBJECT_SUFFIX))
+    receipts = (key for key in keys if key.endswith(OBJECT_SUFFIX) and not is_reserved(key))
     while batch := list(islice(receipts, size)):
         yield batch
 

@@ -35,8 +35,10 @@ Schema
 `receipts` holds one row per receipt (one received copy of a SOP instance), keyed by its object
 key: every `Receipt` field, then the receipt's fate: `state`, `state_changed_at`, the newest
 attempt (`attempt`, its job's batch `job_batch_id` and `job_id`) and its outcome
-(`image_set_id`, `is_primary`, `image_set_version`, `reason`), and the cleanup recorded beside
-it (`cleanup_action`, `cleanup_at`). `attempts` keeps every attempt, keyed by (key, attempt).
+(`image_set_id`, `is_primary`, `image_set_version`, `reason`), the cleanup recorded beside
+it (`cleanup_action`, `cleanup_at`) and the claim of the worker doing it (`cleanup_claimed_by`,
+`cleanup_claim_expires_at`). `attempts` keeps every attempt, keyed by (key, attempt), with the
+cleanup of its outcome.
 `batches` holds one row per batch (owner, lease, state, counts), `jobs` one row per job, keyed
 by the batch id it imports. `schema_version` lists the migrations applied; `_MIGRATIONS` is
 applied in order at open, each in one transaction, so a newer release only appends to it.
@@ -204,6 +206,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         FROM receipts WHERE batch_id <> '' GROUP BY batch_id
         """,
     ),
+    # Version 3: retry batches and cleanup.
+    (
+        # The claim of a worker cleaning the receipt's object up, and until when it holds.
+        "ALTER TABLE receipts ADD COLUMN cleanup_claimed_by TEXT",
+        "ALTER TABLE receipts ADD COLUMN cleanup_claim_expires_at REAL",
+        # Cleanup of each attempt's outcome, kept with the history.
+        "ALTER TABLE attempts ADD COLUMN cleanup_action TEXT",
+        "ALTER TABLE attempts ADD COLUMN cleanup_at REAL",
+        # The receipts a job imports (a retry batch's were received in other batches).
+        "CREATE INDEX receipts_by_job ON receipts (job_batch_id) WHERE job_batch_id IS NOT NULL",
+        # Outcomes whose cleanup is due, oldest first.
+        "CREATE INDEX receipts_cleanup_due ON receipts (state, state_changed_at)"
+        " WHERE cleanup_action IS NULL AND state IN ('IMPORTED', 'FAILED')",
+    ),
 )
 
 #: The schema version this code writes.
@@ -255,6 +271,9 @@ _BATCH_COLUMNS = ", ".join(f.name for f in fields(Batch))
 _JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
 
 _FINAL = (State.IMPORTED.value, State.FAILED.value)
+#: A new attempt starts without a cleanup (its outcome will get its own). A claim still held
+#: stays: the cleanup of the new outcome waits until the old one's has stopped.
+_NO_CLEANUP = "cleanup_action = NULL, cleanup_at = NULL"
 
 
 class TrackerSchemaError(RuntimeError):
@@ -477,15 +496,81 @@ class SqliteTracker(TrackerConveniences):
                     done.add(key)
         return done
 
-    def record_cleanup(self, key: str, action: str, at: float | None = None) -> bool:
-        """Record the cleanup of a final receipt's object, beside its outcome."""
+    def record_cleanup(
+        self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
+    ) -> bool:
+        """Record the cleanup of a final receipt's object, beside its outcome and in its
+        newest attempt; the first record stays (a replay answers True for the same action)."""
+        when = _now(at)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT state, attempt, cleanup_action FROM receipts WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None or row[0] not in _FINAL or attempt not in (None, row[1]):
+                return False
+            if row[2] is not None:
+                return bool(row[2] == action)  # a replay
+            conn.execute(
+                "UPDATE receipts SET cleanup_action = ?, cleanup_at = ?,"
+                " cleanup_claimed_by = NULL, cleanup_claim_expires_at = NULL WHERE key = ?",
+                (action, when, key),
+            )
+            conn.execute(
+                "UPDATE attempts SET cleanup_action = ?, cleanup_at = ?"
+                " WHERE key = ? AND attempt = ?",
+                (action, when, key, row[1]),
+            )
+            return True
+
+    def claim_cleanup(
+        self,
+        key: str,
+        attempt: int,
+        owner: str,
+        *,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> bool:
+        at = _now(now)
         with self._lock:
             cursor = self._connection().execute(
-                "UPDATE receipts SET cleanup_action = ?, cleanup_at = ?"
-                " WHERE key = ? AND state IN (?, ?)",
-                (action, _now(at), key, *_FINAL),
+                "UPDATE receipts SET cleanup_claimed_by = ?, cleanup_claim_expires_at = ?"
+                " WHERE key = ? AND attempt = ? AND state IN (?, ?) AND cleanup_action IS NULL"
+                " AND (cleanup_claimed_by IS NULL OR cleanup_claimed_by = ?"
+                "      OR cleanup_claim_expires_at < ?)",
+                (owner, at + lease_seconds, key, attempt, *_FINAL, owner, at),
             )
             return cursor.rowcount == 1
+
+    def cleanup_due(
+        self,
+        *,
+        keep_imported_seconds: float | None,
+        now: float | None = None,
+        limit: int = 100,
+    ) -> list[ReceiptStatus]:
+        at = _now(now)
+        due = self._due(State.FAILED, None, at, limit)
+        if keep_imported_seconds is not None:
+            due += self._due(State.IMPORTED, at - keep_imported_seconds, at, limit)
+        due.sort(key=lambda s: (s.state_changed_at, s.key))
+        return due[:limit]
+
+    def _due(
+        self, state: State, cutoff: float | None, at: float, limit: int
+    ) -> list[ReceiptStatus]:
+        """One state's outcomes whose cleanup is due, through the partial index (whose terms
+        are written here as in its definition, so that SQLite can use it)."""
+        rows = self._query(
+            f"SELECT {_STATUS_COLUMNS} FROM receipts r INDEXED BY receipts_cleanup_due"
+            " LEFT JOIN jobs j ON j.batch_id = r.job_batch_id"
+            " WHERE r.cleanup_action IS NULL AND r.state IN ('IMPORTED', 'FAILED')"
+            f" AND r.state = ?{'' if cutoff is None else ' AND r.state_changed_at <= ?'}"
+            " AND (r.cleanup_claim_expires_at IS NULL OR r.cleanup_claim_expires_at < ?)"
+            " ORDER BY r.state_changed_at, r.key LIMIT ?",
+            (state.value, *(() if cutoff is None else (cutoff,)), at, limit),
+        )
+        return [_status(row) for row in rows]
 
     # -- receipt queries --------------------------------------------------------------------
 
@@ -503,6 +588,10 @@ class SqliteTracker(TrackerConveniences):
 
     def receipts_in_batch(self, batch_id: str) -> list[ReceiptStatus]:
         rows = self._query(f"{_SELECT_STATUS} WHERE r.batch_id = ? ORDER BY r.key", (batch_id,))
+        return [_status(row) for row in rows]
+
+    def receipts_in_job(self, batch_id: str) -> list[ReceiptStatus]:
+        rows = self._query(f"{_SELECT_STATUS} WHERE r.job_batch_id = ? ORDER BY r.key", (batch_id,))
         return [_status(row) for row in rows]
 
     def superseded(self, key: str) -> bool:
@@ -797,8 +886,8 @@ class SqliteTracker(TrackerConveniences):
         conn.execute(
             "UPDATE receipts SET state = 'IMPORTING', state_changed_at = ?, attempt = ?,"
             " job_batch_id = ?, job_id = (SELECT job_id FROM jobs WHERE batch_id = ?),"
-            " image_set_id = NULL, is_primary = NULL, image_set_version = NULL, reason = NULL"
-            " WHERE key = ?",
+            " image_set_id = NULL, is_primary = NULL, image_set_version = NULL, reason = NULL,"
+            f" {_NO_CLEANUP} WHERE key = ?",
             (at, row.attempt + 1, batch_id, batch_id, row.key),
         )
         conn.execute(
@@ -972,7 +1061,7 @@ def _fail_without_job(conn: sqlite3.Connection, row: _Row, reason: str, at: floa
     conn.execute(
         "UPDATE receipts SET state = 'FAILED', state_changed_at = ?, attempt = ?,"
         " job_batch_id = NULL, job_id = NULL, image_set_id = NULL, is_primary = NULL,"
-        " image_set_version = NULL, reason = ? WHERE key = ?",
+        f" image_set_version = NULL, reason = ?, {_NO_CLEANUP} WHERE key = ?",
         (at, row.attempt + 1, reason, row.key),
     )
     conn.execute(
