@@ -16,6 +16,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -34,6 +35,8 @@ BENCH_IMPLEMENTATION_UID = UID("2.25.122225172495295819787651693593792610512")
 BENCH_IMPLEMENTATION_VERSION = "STORESCP_BENCH"
 
 _INSTANCES_PER_SERIES = 100
+#: Series size in the studies of `ensure_studies`: two image sets per 100-instance study.
+STUDY_SERIES_SIZE = 50
 
 
 @dataclass(frozen=True)
@@ -127,25 +130,49 @@ def _manifest_path(root: Path) -> Path:
     return root.with_name(root.name + ".manifest.json")
 
 
-def _manifest_ok(root: Path, spec: DataSpec) -> dict[str, int] | None:
+def _manifest_ok(root: Path, spec: DataSpec, layout: str = "mixed") -> dict[str, Any] | None:
     if not root.is_dir():
         return None
     try:
         manifest = json.loads(_manifest_path(root).read_text())
     except (OSError, ValueError):
         return None
-    wanted = {"version": GENERATOR_VERSION, "spec": spec.__dict__}
+    wanted: dict[str, Any] = {"version": GENERATOR_VERSION, "spec": spec.__dict__}
+    if layout != "mixed":  # manifests of the original layout carry no "layout" key
+        wanted["layout"] = layout
     if {k: manifest.get(k) for k in wanted} != wanted:
         return None
-    return {"files": int(manifest["files"]), "total_bytes": int(manifest["total_bytes"])}
+    return dict(manifest)
 
 
 def ensure_dataset(cache_dir: Path, spec: DataSpec, log: bool = True) -> DataSet:
-    """Return the data set for `spec`, generating it under `cache_dir` if not cached yet."""
+    """Return the data set for `spec`, generating it under `cache_dir` if not cached yet.
+
+    One study; a new series every 100 files; with `spec.parts` > 1 the files are dealt
+    round-robin into the part folders."""
+    return _ensure(cache_dir, spec, "mixed", log)
+
+
+def ensure_studies(cache_dir: Path, spec: DataSpec, log: bool = True) -> DataSet:
+    """Like `ensure_dataset`, but `spec.parts` studies of `spec.count / spec.parts` files, one
+    study per part folder (one association per study, as modalities send), each study its
+    own patient, a new series every `STUDY_SERIES_SIZE` files. `study_uids(data)` lists them."""
+    if spec.parts < 1 or spec.count % spec.parts:
+        raise ValueError(f"{spec.count} files do not split into {spec.parts} equal studies")
+    return _ensure(cache_dir, spec, "studies", log)
+
+
+def study_uids(data: DataSet) -> dict[str, str]:
+    """Part folder name -> Study Instance UID, for a data set made by `ensure_studies`."""
+    manifest = json.loads(_manifest_path(data.root).read_text())
+    return dict(manifest["studies"])
+
+
+def _ensure(cache_dir: Path, spec: DataSpec, layout: str, log: bool) -> DataSet:
     root = cache_dir / spec.name
-    cached = _manifest_ok(root, spec)
+    cached = _manifest_ok(root, spec, layout)
     if cached is not None:
-        return DataSet(spec, root, cached["files"], cached["total_bytes"])
+        return DataSet(spec, root, int(cached["files"]), int(cached["total_bytes"]))
     if log:
         print(f"generating {spec.name}: {spec.count} files ...", file=sys.stderr, flush=True)
     tmp = cache_dir / f".{spec.name}.tmp"
@@ -160,32 +187,51 @@ def ensure_dataset(cache_dir: Path, spec: DataSpec, log: bool = True) -> DataSet
     reps = spec.pixel_bytes // len(block) + 2
     pool = block * reps
 
-    study_uid = generate_uid()
-    ds = _base_dataset(spec, study_uid)
+    studies = layout == "studies"
+    per_study = spec.count // spec.parts if studies else spec.count
+    series_size = STUDY_SERIES_SIZE if studies else _INSTANCES_PER_SERIES
+    study_of_part: dict[str, str] = {}
+    ds = _base_dataset(spec, generate_uid())
     total = 0
     for i in range(spec.count):
-        if i % _INSTANCES_PER_SERIES == 0:
+        j = i % per_study  # index within its study
+        if studies and j == 0:
+            part = i // per_study
+            ds.StudyInstanceUID = generate_uid()
+            ds.FrameOfReferenceUID = generate_uid()
+            ds.StudyID = str(part + 1)
+            ds.AccessionNumber = f"BENCH{part + 1:05d}"
+            ds.PatientID = f"BENCH-{part + 1:04d}"
+            study_of_part[f"part-{part:02d}"] = ds.StudyInstanceUID
+        if j % series_size == 0:
             ds.SeriesInstanceUID = generate_uid()
-            ds.SeriesNumber = i // _INSTANCES_PER_SERIES + 1
+            ds.SeriesNumber = j // series_size + 1
         sop_uid = generate_uid()
         ds.SOPInstanceUID = sop_uid
         ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.InstanceNumber = i % _INSTANCES_PER_SERIES + 1
+        ds.InstanceNumber = j % series_size + 1
         offset = rng.randrange(0, len(block)) & ~1
         ds.PixelData = pool[offset : offset + spec.pixel_bytes]
         ds["PixelData"].VR = "OW"
-        folder = tmp if spec.parts <= 1 else tmp / f"part-{i % spec.parts:02d}"
+        if spec.parts <= 1:
+            folder = tmp
+        else:
+            part = i // per_study if studies else i % spec.parts
+            folder = tmp / f"part-{part:02d}"
         folder.mkdir(exist_ok=True)
         path = folder / f"{spec.kind.upper()}{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "version": GENERATOR_VERSION,
         "spec": spec.__dict__,
         "files": spec.count,
         "total_bytes": total,
     }
+    if studies:
+        manifest["layout"] = layout
+        manifest["studies"] = study_of_part
     os.replace(tmp, root)
     _manifest_path(root).write_text(json.dumps(manifest, indent=2))
     return DataSet(spec, root, spec.count, total)

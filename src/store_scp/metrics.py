@@ -149,8 +149,8 @@ IMPORT_JOBS = Counter(
 )
 TIME_TO_AVAILABLE = Histogram(
     "store_scp_time_to_available_seconds",
-    "Seconds from the last object of a batch being received to its job's results recorded "
-    "(its image sets available).",
+    "Seconds from the last object of a study being received to its import job's results "
+    "recorded (its image sets available); one observation per study and job.",
     buckets=(5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1800, 3600),
     registry=REGISTRY,
 )

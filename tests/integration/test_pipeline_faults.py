@@ -207,3 +207,21 @@ def test_a_duplicate_sent_while_its_first_copy_imports_waits_then_wins(rig: Rig)
     [item] = rig.tracker.where(sop)
     assert item.key == new and item.state.value == "IMPORTED"
     assert rig.tracker.receipt_status(old).state.value == "IMPORTED"  # type: ignore[union-attr]
+
+
+def test_time_to_available_is_observed_once_per_study(rig: Rig) -> None:
+    """Two studies in one batch: two observations, so a study that waited in the open batch
+    is not hidden behind the batch's last receipt."""
+    from store_scp.metrics import REGISTRY
+
+    def observed() -> float:
+        return REGISTRY.get_sample_value("store_scp_time_to_available_seconds_count") or 0.0
+
+    before = observed()
+    first, second = generate_uid(), generate_uid()
+    rig.receive("b1", study=first, series=generate_uid())
+    rig.receive("b1", study=first, series=generate_uid())
+    rig.receive("b1", study=second, series=generate_uid())
+    rig.seal("b1")
+    rig.run_until(lambda: rig.final("b1"))
+    assert observed() - before == 2

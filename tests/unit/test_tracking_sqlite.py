@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from store_scp.tracking.base import Receipt, State, Tracker
+from store_scp.tracking.base import Admission, ImportedInstance, Receipt, State, Tracker
 from store_scp.tracking.sqlite import SCHEMA_VERSION, SqliteTracker, TrackerSchemaError
 
 
@@ -345,3 +345,40 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
             p.join(60)
         failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
     assert failures == []
+
+
+def _admission_steps(path: Path, history: int) -> int:
+    """SQLite VM steps (in hundreds) spent admitting 50 new receipts into a job, with
+    `history` receipts of other instances already IMPORTED and as many IMPORTING."""
+    with SqliteTracker(path) as t:
+        old = [make_receipt(f"old/{i}.dcm", sop_instance_uid=f"1.2.9.{i}") for i in range(history)]
+        busy = [
+            make_receipt(f"busy/{i}.dcm", sop_instance_uid=f"1.2.8.{i}") for i in range(history)
+        ]
+        new = [make_receipt(f"new/{i}.dcm", sop_instance_uid=f"1.2.7.{i}") for i in range(50)]
+        t.record_receipts(old + busy + new)
+        t.mark_importing([r.key for r in old], "old")
+        t.mark_imported_many("old", [ImportedInstance(r.key, "set-1", True) for r in old])
+        t.mark_importing([r.key for r in busy], "busy")
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0  # go on
+
+        conn = t._connection()  # the progress handler is per connection: the tracker's own
+        conn.set_progress_handler(count, 100)
+        admitted = t.mark_importing([r.key for r in new], "new")
+        conn.set_progress_handler(None, 0)
+        assert set(admitted.values()) == {Admission.ACCEPTED}
+        return steps
+
+
+def test_admission_cost_does_not_grow_with_the_history(tmp_path: Path) -> None:
+    """Admitting a receipt looks up the receipts of its own instance, not every receipt in
+    the IMPORTED or IMPORTING state: a batch's admission holds the write lock (receipts of
+    the receiver wait meanwhile) and must not slow down as the tracker fills up."""
+    small = _admission_steps(tmp_path / "small.sqlite3", 100)
+    large = _admission_steps(tmp_path / "large.sqlite3", 4000)
+    assert large < 2 * small, (small, large)

@@ -28,7 +28,7 @@ def new_batch_id(now: float | None = None) -> str:
 @dataclass(slots=True)
 class OpenBatch:
     batch_id: str
-    opened_at: float
+    opened_at: float  # when it opened, then when its first object came: its age counts from it
     files: int = 0
     bytes: int = 0
     last_object_at: float = 0.0
@@ -80,10 +80,16 @@ class BatchAllocator:
             ) and batch.files:
                 self._roll_locked()
                 batch = self._open
+            now = time.time()
+            if not batch.files:
+                # Its age counts from its first object: a batch opened before an idle hour
+                # must not be sealed for its age a second after the next study starts, which
+                # would split that study over two jobs.
+                batch.opened_at = now
             batch.sop_instances.add(sop_instance_uid)
             batch.files += 1
             batch.bytes += size
-            batch.last_object_at = time.time()
+            batch.last_object_at = now
             self._inflight[batch.batch_id] = self._inflight.get(batch.batch_id, 0) + 1
             return batch.batch_id
 

@@ -353,8 +353,14 @@ class Pipeline:
             )
         non_primary = sum(1 for i in output.imported if not i.is_primary)
         metrics.IMPORT_JOBS.labels(event="completed").inc()
-        if receipts:
-            metrics.TIME_TO_AVAILABLE.observe(max(0.0, now - max(r.received_at for r in receipts)))
+        # One observation per study: from its last receipt in this batch. The batch's last
+        # receipt alone would hide how long its earlier studies waited for the seal.
+        last_of_study: dict[str, float] = {}
+        for r in receipts:
+            last = last_of_study.get(r.study_instance_uid, r.received_at)
+            last_of_study[r.study_instance_uid] = max(last, r.received_at)
+        for last in last_of_study.values():
+            metrics.TIME_TO_AVAILABLE.observe(max(0.0, now - last))
         self.tracker.update_job(
             batch_id,
             counts={

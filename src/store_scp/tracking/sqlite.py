@@ -869,15 +869,20 @@ class SqliteTracker(TrackerConveniences):
             if not retry:
                 return Admission.FINAL
         if row.sop_instance_uid:
+            # INDEXED BY: left to itself, SQLite picks receipts_by_state here and scans every
+            # IMPORTED (or IMPORTING) receipt for each receipt admitted, so admitting a batch
+            # grows with the tracker's whole history and holds the write lock meanwhile.
             newer_imported = conn.execute(
-                "SELECT 1 FROM receipts WHERE sop_instance_uid = ? AND state = 'IMPORTED'"
+                "SELECT 1 FROM receipts INDEXED BY receipts_by_instance"
+                " WHERE sop_instance_uid = ? AND state = 'IMPORTED'"
                 " AND (received_at > ? OR (received_at = ? AND key > ?)) LIMIT 1",
                 (row.sop_instance_uid, row.received_at, row.received_at, row.key),
             ).fetchone()
             if newer_imported:
                 return _supersede(conn, row, retry, at)
             other_importing = conn.execute(
-                "SELECT 1 FROM receipts WHERE sop_instance_uid = ? AND state = 'IMPORTING'"
+                "SELECT 1 FROM receipts INDEXED BY receipts_by_instance"
+                " WHERE sop_instance_uid = ? AND state = 'IMPORTING'"
                 " AND key <> ? LIMIT 1",
                 (row.sop_instance_uid, row.key),
             ).fetchone()
