@@ -488,7 +488,10 @@ class Settings(BaseSettings):
         description="Seal a batch once no association writes into it and it was quiet this long.",
     )
     seal_max_age_seconds: float = Field(
-        default=300.0, gt=0, description="Seal a batch at this age, whatever its traffic."
+        default=60.0,
+        gt=0,
+        description="Seal a batch this long after its first object, whatever its traffic (under "
+        "steady traffic the quiet rule may never hold; at most one job a minute per receiver).",
     )
     batch_lease_seconds: float = Field(
         default=60.0,

@@ -5,7 +5,10 @@ association and studies arrive a few per minute:
 
 - A batch is sealed once no association is writing into it and it has been quiet for
   `quiet_seconds` (a study that arrives over two associations a few seconds apart still lands
-  in one job), or when it reaches `max_files`, `max_bytes` or `max_age_seconds`.
+  in one job), or when it reaches `max_files`, `max_bytes` or `max_age_seconds`. Under steady
+  traffic (studies less than `quiet_seconds` apart, or overlapping) the quiet rule never
+  holds, so the age limit is what bounds a study's time to available: 60 s keeps it well
+  under 2 minutes and makes at most one job a minute per receiver, far below the start rate.
 - Job starts respect HealthImaging's StartDICOMImportJob rate (AWS pages disagree between
   0.25 and 1 call per second: the lower is the default), the concurrent-jobs quota and the
   files-per-job quota. Sealed batches queue while a limit is reached; nothing is dropped.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class SealPolicy:
     quiet_seconds: float = 10.0
-    max_age_seconds: float = 300.0
+    max_age_seconds: float = 60.0
     max_files: int = 5_000
     max_bytes: int = 50 * 1024**3
     #: Sealed batches waiting to start beyond which quiet batches stay open (burst mode).
