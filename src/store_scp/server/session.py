@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +31,7 @@ from ..dicom.negotiation import (
 )
 from ..storage.base import StorageError
 from ..tracking.base import Receipt
-from .hashing import ReadBuffers
+from .hashing import Lease, ReadBuffers
 from .store import StoredInstance, StoreFailure, StoreOperation, drop_staging, open_staging
 from .tls import peer_common_name
 
@@ -84,7 +83,7 @@ class Session(asyncio.BufferedProtocol):
         self._events: collections.deque[A.Event] = collections.deque()
         self._backlog: list[bytes] = []  # bytes read while a commit was in flight
         self._watchdog: asyncio.TimerHandle | None = None
-        self._buffers = ReadBuffers(READ_BUFFER_SIZE)
+        self._buffers = ReadBuffers(READ_BUFFER_SIZE, server.hash_thread)
         self._rbuf: memoryview | None = None
         # A staging file opened while the peer prepares its next object, off the latency path
         self._spare: tuple[int, Path] | None = None
@@ -465,10 +464,10 @@ class Session(asyncio.BufferedProtocol):
             refuse=refuse,
             early_writeback=self.settings.fsync,
             hash_thread=self.server.hash_thread,
-            leases=self._current_leases,
+            lease=self._current_lease,
         )
 
-    def _current_leases(self) -> list[threading.Event]:
+    def _current_lease(self) -> Lease:
         return self._buffers.current
 
     def _finish_store(self, op: StoreOperation) -> None:

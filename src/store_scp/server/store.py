@@ -16,7 +16,6 @@ import itertools
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from ..dicom import dimse, uids
 from ..dicom.header import HeaderError, HeaderInfo, HeaderScanner, file_meta
-from .hashing import HashThread, StreamHash
+from .hashing import HashThread, Lease, StreamHash
 
 _STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _staging_counter = itertools.count()
@@ -149,7 +148,7 @@ class StoreOperation:
         staging: tuple[int, Path] | None = None,
         early_writeback: bool = False,
         hash_thread: HashThread | None = None,
-        leases: Callable[[], list[threading.Event]] | None = None,
+        lease: Callable[[], Lease] | None = None,
     ) -> None:
         """`staging`: a staging file opened in advance (see open_staging), else one is made."""
         self.started = time.monotonic()
@@ -162,7 +161,7 @@ class StoreOperation:
         self._fd = -1
         self.staging: Path | None = None
         self._hash = StreamHash(hash_thread)
-        self._leases = leases  # the current read buffer's leases, for hand-overs
+        self._lease = lease  # the current read buffer's lease, for hand-overs
         self._pending: list[bytes | memoryview] = []  # bytes held until group 0002 is known
         self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
@@ -266,7 +265,7 @@ class StoreOperation:
         except OSError as exc:
             self._fail_io(exc)
             return
-        self._hash.update(data, self._leases() if self._leases else None)
+        self._hash.update(data, self._lease() if self._lease else None)
         self._written += len(data)
         if 0 < self._writeback_at <= self._written and _start_writeback is not None:
             _start_writeback(self._fd)
