@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import itertools
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -62,11 +61,16 @@ def drop_staging(fd: int, path: Path) -> None:
 
 
 #: UIDs become path components of object keys: digits and dots only, no "..", at most 64.
-_KEY_SAFE_UID = re.compile(r"[0-9](?:[0-9]|\.(?!\.)){0,63}")
-
-
 def key_safe(uid: str) -> bool:
-    return bool(_KEY_SAFE_UID.fullmatch(uid)) and not uid.endswith(".")
+    # String methods rather than a regular expression: three calls per object, on the hot path.
+    return (
+        0 < len(uid) <= 64
+        and uid.isascii()
+        and uid.replace(".", "").isdigit()
+        and uid[0] != "."
+        and uid[-1] != "."
+        and ".." not in uid
+    )
 
 
 #: (SOP Instance UID, object size) -> the batch id the object is committed under.
