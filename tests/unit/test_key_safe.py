@@ -12,7 +12,20 @@ def test_digits_and_single_dots_up_to_64_characters_are_safe(uid: str) -> None:
 
 @pytest.mark.parametrize(
     "uid",
-    ["", ".", "1.", ".1", "1..2", "1" * 65, "1.2/3", "1.2 ", "1.2\n", "\u0661.\u0662", "1.a", "../1"],
+    [
+        "",
+        ".",
+        "1.",
+        ".1",
+        "1..2",
+        "1" * 65,
+        "1.2/3",
+        "1.2 ",
+        "1.2\n",
+        "\u0661.\u0662",
+        "1.a",
+        "../1",
+    ],
 )
 def test_anything_else_is_not(uid: str) -> None:
     assert not key_safe(uid)
