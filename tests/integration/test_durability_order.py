@@ -14,13 +14,14 @@ import random
 import shutil
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
@@ -264,9 +265,12 @@ def traced_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Tr
                 tracer.wait()
 
 
-def send_objects(traced: Traced, count: int) -> None:
-    """`count` objects of 16 KB .. 512 KB over one association; every one must succeed."""
-    rng = random.Random(count)
+def send_objects(
+    traced: Traced, count: int, *, seed: int | None = None, series: tuple[str, str] | None = None
+) -> None:
+    """`count` objects of 16 KB .. 512 KB over one association; every one must succeed.
+    `series`: (study, series) UIDs shared by every object, so their commits meet in a folder."""
+    rng = random.Random(count if seed is None else seed)
     ae = AE(ae_title="ORDER_TEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
@@ -275,6 +279,8 @@ def send_objects(traced: Traced, count: int) -> None:
     try:
         for _ in range(count):
             ds = secondary_capture(rng, int(16 * 1024 * 32 ** rng.random()))
+            if series is not None:
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = series
             raw = encode(ds, False, True)
             assert raw is not None
             rsp = assoc.send_c_store(ds)
@@ -306,6 +312,41 @@ def test_every_object_is_durable_before_its_success(traced_server: Traced) -> No
         assert commit.dir_flush.end < commit.response.call.start
     # The bench's entry point agrees.
     assert check_durability_order(traced_server.trace, expected_uids=traced_server.sent) == []
+
+
+@pytest.mark.parametrize("traced_server", [True], indirect=True, ids=["fsync"])
+def test_concurrent_commits_into_one_folder_are_each_durable(traced_server: Traced) -> None:
+    """Several associations commit in worker threads into one series folder, where they may
+    share folder fsyncs (group commit): each must still be covered by one that started after
+    its own rename and ended before its response."""
+    series = (generate_uid(), generate_uid())
+    errors: list[BaseException] = []
+
+    def sender(seed: int) -> None:
+        try:
+            send_objects(traced_server, 8, seed=seed, series=series)
+        except BaseException as exc:
+            errors.append(exc)
+
+    senders = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(120)
+    traced_server.server.stop()
+    assert errors == []
+    assert len(traced_server.sent) == 32
+    analysis = analyze_trace(
+        traced_server.trace,
+        expected_uids=traced_server.sent,
+        thread_groups=traced_server.thread_groups,
+    )
+    assert analysis.violations == [] and analysis.problems == []
+    assert len(analysis.commits) == 32
+    for commit in analysis.commits:
+        assert commit.dir_flush is not None
+        assert commit.rename.end < commit.dir_flush.start
+        assert commit.dir_flush.end < commit.response.call.start
 
 
 @pytest.mark.parametrize("traced_server", [False], indirect=True, ids=["no-fsync"])

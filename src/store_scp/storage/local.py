@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from store_scp.storage.base import CommittedObject, StorageError
+from store_scp.storage.dirsync import FolderSync
 from store_scp.storage.staging import STAGING_SUFFIX, claim_staging_dir
 
 __all__ = [
@@ -59,7 +60,6 @@ _MAX_KNOWN_DIRS = 100_000
 #: Tries of creating a key's folders and renaming into them while other processes prune.
 _PLACE_ROUNDS = 50
 
-_DIR_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -124,6 +124,7 @@ class LocalObjectStore:
         self._objects = str(self.objects_dir)
         # Folders that exist and whose entry in their parent has been made durable.
         self._known_dirs: set[str] = set()
+        self._folder_sync = FolderSync()
         try:
             self._ensure_dir_chain(str(self.staging_root))
             # This process's own staging folder; leftovers of dead processes are removed.
@@ -139,11 +140,7 @@ class LocalObjectStore:
     # -- internals -------------------------------------------------------------------------
 
     def _fsync_dir(self, path: str) -> None:
-        fd = os.open(path, _DIR_OPEN_FLAGS)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._folder_sync.sync(path)  # shared with concurrent commits into the same folder
 
     def _ensure_dir_chain(self, path: str) -> None:
         """Make `path` and its missing ancestors exist durably (raises OSError)."""
