@@ -27,10 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pydicom
 import pytest
-from botocore.config import Config
 from pydicom.uid import generate_uid
 
 from store_scp import failpoints
@@ -38,6 +36,7 @@ from store_scp.tracking.base import ReceiptStatus, State
 from store_scp.tracking.sqlite import SqliteTracker
 from tests.e2e.test_pipeline_embedded import make_series
 from tests.e2e.test_worker_crash import DATASTORE_ID, hook, start_datastore
+from tests.healthimaging_client import local_client
 from tests.serverproc import DCMTK, start_server
 
 #: Receiver fail points and the hit that fires (the 3rd object of a 4-object association).
@@ -153,14 +152,7 @@ def check_outcome(url: str, statuses: dict[str, ReceiptStatus], acked: set[str])
     received = {s.sop_instance_uid for s in statuses.values()}
     assert acked <= received, f"acknowledged but without a receipt: {acked - received}"
 
-    client = boto3.client(
-        "medical-imaging",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(inject_host_prefix=False),
-    )
+    client = local_client(url)
     summaries = client.list_dicom_import_jobs(datastoreId=DATASTORE_ID)["jobSummaries"]
     inputs = Counter(
         client.get_dicom_import_job(datastoreId=DATASTORE_ID, jobId=j["jobId"])["jobProperties"][

@@ -11,14 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pydicom
 import pytest
-from botocore.config import Config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.healthimaging_client import local_client
 from tests.serverproc import DCMTK, ServerProcess, start_server
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -106,14 +105,7 @@ def test_studies_from_storescu_end_as_image_sets(server: ServerProcess, tmp_path
     assert {i["state"] for i in items_a + items_b} == {"IMPORTED"}
     assert all(i["is_primary"] is True and i["job_id"] for i in items_a + items_b)
 
-    client = boto3.client(
-        "medical-imaging",
-        endpoint_url=f"http://127.0.0.1:{server.ports['datastore_api']}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(inject_host_prefix=False),
-    )
+    client = local_client(f"http://127.0.0.1:{server.ports['datastore_api']}")
     [store] = client.list_datastores()["datastoreSummaries"] or [{"datastoreId": None}]
     datastore_id = store["datastoreId"]
     sent = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in a1 + a2 + b1}

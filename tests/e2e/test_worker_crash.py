@@ -15,12 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
 from pydicom.uid import generate_uid
 
 from store_scp.pipeline.cleanup import CleanupPolicy
 from tests.e2e.test_pipeline_embedded import make_series, where
+from tests.healthimaging_client import local_client
 from tests.serverproc import DCMTK, start_server
 
 DATASTORE_ID = "5c9d1ca15707e0000000000000000001"
@@ -113,14 +112,7 @@ def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path
         assert [i["cleanup_action"] for i in items] == ["deleted"] * 9
         assert srv.stored_files() == []  # the imported objects, deleted
 
-        client = boto3.client(
-            "medical-imaging",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            config=Config(inject_host_prefix=False),
-        )
+        client = local_client(url)
         jobs = client.list_dicom_import_jobs(datastoreId=DATASTORE_ID)["jobSummaries"]
         batches = {i["key"].split("/")[0] for s in studies for i in where(srv, s)}
         assert len(batches) == 3

@@ -25,7 +25,6 @@ import boto3
 import numpy as np
 import pydicom
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -38,6 +37,7 @@ from store_scp.datastore.healthimaging import HealthImagingDatastore, to_datasto
 from store_scp.datastore.local import EXPLICIT_VR_LITTLE_ENDIAN, LocalDatastore
 from store_scp.storage.local import LocalObjectStore
 from tests.framedecode import decode_stored_frame
+from tests.healthimaging_client import local_client
 from tests.integration.moto_server import aws_env, moto_endpoint  # noqa: F401
 
 ROLE = "arn:aws:iam::123456789012:role/store-scp-import"
@@ -93,14 +93,7 @@ def _no_faults_left(api: Api) -> Iterator[None]:
 
 @pytest.fixture
 def client(api: Api) -> Any:
-    return boto3.client(
-        "medical-imaging",
-        endpoint_url=api.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(inject_host_prefix=False, retries={"total_max_attempts": 1}),
-    )
+    return local_client(api.url, retries={"total_max_attempts": 1})
 
 
 @pytest.fixture
