@@ -542,6 +542,13 @@ class Tracker(Protocol):
         """Job records (with `status`, if given), oldest first."""
         ...
 
+    def unfinished_jobs(self) -> list[Job]:
+        """Job records whose results are not recorded yet (`results_at` unset): starting,
+        running, or ended with outcomes still to record; oldest first. What the pipeline
+        follows every round: served by an index, its cost follows these jobs, not every job
+        ever recorded."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -48,7 +48,10 @@ of "" (a UID or batch id never is "-"); the plain attributes keep the value as r
 
 ``jobs``  PK ``batch_id`` (S): every `Job` field (``counts`` a map).
     GSIs: ``by_job_id`` ``job_id`` (sparse: set once the datastore answered), ``by_status``
-    ``status`` / ``created_at`` (N): `job`, `jobs(status)`.
+    ``status`` / ``created_at`` (N): `job`, `jobs(status)`. ``by_unfinished`` ``g_unfinished``
+    / ``created_at``, sparse: ``"UNFINISHED"`` from the job's start until its results are
+    recorded (a few items, written at the job start rate: one partition key is no hot spot):
+    `unfinished_jobs`, which the pipeline reads every round.
 
 ``counters``  PK ``shard`` (N): one number per receipt state; `counts_by_state` sums the
     `COUNTER_SHARDS` items. Each state change adds to one shard, chosen at random, in the same
@@ -67,8 +70,9 @@ IMPORTING elsewhere.
 Reads that decide (`known_keys`, a receipt before its transition, a lock, a batch, a job) are
 strongly consistent reads of the tables. Queries through a GSI (`where`, `failures`,
 `receipts_in_batch`, `receipts_in_job`, `cleanup_due`, `receipts_for_instance`, `open_batches`,
-`sealed_batches_without_job`, `jobs`) are eventually consistent, as GSIs are: a change can
-take a moment to appear in them.
+`sealed_batches_without_job`, `jobs`, `unfinished_jobs`) are eventually consistent, as GSIs
+are: a change can take a moment to appear in them. `unfinished_jobs` reads the jobs it found
+again, strongly consistent, and leaves out those whose results were recorded meanwhile.
 `jobs()` without a status scans the jobs table (one item per import job: small).
 """
 
@@ -121,6 +125,8 @@ _BATCH_GET = 100
 #: Rounds of read, decide, write before a transition gives up with TrackerError.
 _MAX_ROUNDS = 12
 _EMPTY_KEY = "-"
+#: The `g_unfinished` value of a job whose results are not recorded yet.
+_UNFINISHED = "UNFINISHED"
 
 Item = dict[str, Any]  # an item as Python values
 AttributeValues = dict[str, dict[str, Any]]  # an item as DynamoDB attribute values
@@ -228,11 +234,12 @@ class DynamoDbTracker(TrackerConveniences):
                 "TableName": t.jobs,
                 "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
                 "AttributeDefinitions": _attributes(
-                    batch_id="S", job_id="S", status="S", created_at="N"
+                    batch_id="S", job_id="S", status="S", created_at="N", g_unfinished="S"
                 ),
                 "GlobalSecondaryIndexes": [
                     gsi("by_job_id", "job_id"),
                     gsi("by_status", "status", "created_at"),
+                    gsi("by_unfinished", "g_unfinished", "created_at"),
                 ],
             },
             {
@@ -890,6 +897,7 @@ class DynamoDbTracker(TrackerConveniences):
             "counts": {},
             "created_at": at,
             "updated_at": at,
+            "g_unfinished": _UNFINISHED,
         }
         try:
             self._client.put_item(
@@ -963,6 +971,8 @@ class DynamoDbTracker(TrackerConveniences):
             self.tables.jobs,
             {"batch_id": batch_id},
             set_=set_,
+            # Results recorded: the job leaves the `by_unfinished` index.
+            remove=["g_unfinished"] if results_at is not None else [],
             condition=(expression, names, values),
         )
 
@@ -981,6 +991,13 @@ class DynamoDbTracker(TrackerConveniences):
         else:
             items = self._query(self.tables.jobs, "by_status", "status", JobStatus(status).value)
         jobs = [_job(item) for item in items]
+        jobs.sort(key=lambda j: (j.created_at, j.batch_id))
+        return jobs
+
+    def unfinished_jobs(self) -> list[Job]:
+        found = self._query(self.tables.jobs, "by_unfinished", "g_unfinished", _UNFINISHED)
+        items = self._batch_get(self.tables.jobs, "batch_id", [i["batch_id"] for i in found])
+        jobs = [_job(item) for item in items if item.get("results_at") is None]
         jobs.sort(key=lambda j: (j.created_at, j.batch_id))
         return jobs
 

@@ -39,9 +39,12 @@ attempt (`attempt`, its job's batch `job_batch_id` and `job_id`) and its outcome
 it (`cleanup_action`, `cleanup_at`) and the claim of the worker doing it (`cleanup_claimed_by`,
 `cleanup_claim_expires_at`). `attempts` keeps every attempt, keyed by (key, attempt), with the
 cleanup of its outcome.
-`batches` holds one row per batch (owner, lease, state, counts), `jobs` one row per job, keyed
-by the batch id it imports. `schema_version` lists the migrations applied; `_MIGRATIONS` is
-applied in order at open, each in one transaction, so a newer release only appends to it.
+`batches` holds one row per batch (owner, lease, state, counts, whether its job is recorded),
+`jobs` one row per job, keyed by the batch id it imports. What the pipeline reads every round
+(open batches, sealed batches without a job, unfinished jobs, cleanups due) goes through
+partial indexes that leave the finished history out. `schema_version` lists the migrations
+applied; `_MIGRATIONS` is applied in order at open, each in one transaction, so a newer release
+only appends to it.
 
 Conditional writes (the transitions, seal, job start) read and write inside one BEGIN IMMEDIATE
 transaction: with the write lock held from the start, the check and the write cannot be split
@@ -219,6 +222,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Outcomes whose cleanup is due, oldest first.
         "CREATE INDEX receipts_cleanup_due ON receipts (state, state_changed_at)"
         " WHERE cleanup_action IS NULL AND state IN ('IMPORTED', 'FAILED')",
+    ),
+    # Version 4: what the pipeline looks at every round, indexed apart from the history (every
+    # batch stays SEALED and every job stays in the table once done).
+    (
+        # Jobs whose results are not recorded yet: the ones the pipeline follows.
+        "CREATE INDEX jobs_unfinished ON jobs (created_at, batch_id) WHERE results_at IS NULL",
+        # Whether the batch has its job record (set with it, in record_job_start).
+        "ALTER TABLE batches ADD COLUMN has_job INTEGER NOT NULL DEFAULT 0"
+        " CHECK (has_job IN (0, 1))",
+        "UPDATE batches SET has_job = 1 WHERE batch_id IN (SELECT batch_id FROM jobs)",
+        # Sealed batches waiting for their job.
+        "CREATE INDEX batches_without_job ON batches (sealed_at, batch_id)"
+        " WHERE state = 'SEALED' AND has_job = 0",
     ),
 )
 
@@ -733,10 +749,11 @@ class SqliteTracker(TrackerConveniences):
         return [_batch(row) for row in rows]
 
     def sealed_batches_without_job(self) -> list[Batch]:
+        # INDEXED BY: left to itself, SQLite picks batches_by_state and reads every batch
+        # ever sealed. The partial index's terms are written as in its definition.
         rows = self._query(
-            f"SELECT {_BATCH_COLUMNS} FROM batches b WHERE state = 'SEALED'"
-            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.batch_id)"
-            " ORDER BY sealed_at, batch_id"
+            f"SELECT {_BATCH_COLUMNS} FROM batches INDEXED BY batches_without_job"
+            " WHERE state = 'SEALED' AND has_job = 0 ORDER BY sealed_at, batch_id"
         )
         return [_batch(row) for row in rows]
 
@@ -763,6 +780,7 @@ class SqliteTracker(TrackerConveniences):
                 " ON CONFLICT (batch_id) DO NOTHING",
                 (batch_id, row[1], client_token, job_name, at, at),
             )
+            conn.execute("UPDATE batches SET has_job = 1 WHERE batch_id = ?", (batch_id,))
             return cursor.rowcount == 1
 
     def set_job_id(self, batch_id: str, job_id: str, *, submitted_at: float | None = None) -> bool:
@@ -832,6 +850,15 @@ class SqliteTracker(TrackerConveniences):
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, batch_id",
                 (JobStatus(status).value,),
             )
+        return [_job(row) for row in rows]
+
+    def unfinished_jobs(self) -> list[Job]:
+        # Through the partial index (its terms written as in its definition): the finished
+        # jobs are never read.
+        rows = self._query(
+            f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_unfinished"
+            " WHERE results_at IS NULL ORDER BY created_at, batch_id"
+        )
         return [_job(row) for row in rows]
 
     def close(self) -> None:
