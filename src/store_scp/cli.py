@@ -171,11 +171,17 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
 
 # --- the tracker, read by operators -------------------------------------------------------------
 
-_data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="The data folder of the server to read [env STORE_SCP_DATA_DIR].",
-)
+
+def _data_dir_option(what: str) -> Any:
+    """--data-dir of a command that uses the server's data folder, saying how it uses it."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help=f"{what} [env STORE_SCP_DATA_DIR; ./store-scp-data].",
+    )
+
+
+_read_data_dir_option = _data_dir_option("The data folder of the server to read")
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
@@ -240,7 +246,7 @@ def _attempt_item(a: Any) -> dict[str, Any]:
 @click.option(
     "--history", is_flag=True, help="Every attempt of each instance's newest receipt, too."
 )
-@_data_dir_option
+@_read_data_dir_option
 @_json_option
 def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None:
     """Where a study, series or SOP instance is: state, image set, job, reason, and what was
@@ -279,7 +285,7 @@ def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None
 
 
 @main.command()
-@_data_dir_option
+@_read_data_dir_option
 @_json_option
 def failures(data_dir: Path | None, as_json: bool) -> None:
     """SOP instances whose newest receipt failed, and why."""
@@ -300,7 +306,7 @@ def failures(data_dir: Path | None, as_json: bool) -> None:
     type=click.Choice(["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"]),
     help="Only jobs with this status.",
 )
-@_data_dir_option
+@_read_data_dir_option
 @_json_option
 def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
     """Import jobs, oldest first."""
@@ -332,7 +338,11 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("target", metavar="JOB|UID")
-@_data_dir_option
+@_data_dir_option(
+    "The data folder of the server whose receipts to retry. The retry writes to it: the new"
+    " attempts into its tracker, copies of the objects into a retry batch (DynamoDB and S3"
+    " instead, where configured)"
+)
 @_json_option
 def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
     """Retry FAILED receipts: a new attempt on each, imported from a new batch.
@@ -345,7 +355,8 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
     `worker`) imports with its next job. Every attempt stays in the history (`where --history`).
 
     Exits 0 when everything selected was retried; 1 when something was refused or there was
-    nothing to retry.
+    nothing to retry (every receipt is refused, and nothing changed, if no retry batch could be
+    opened: run the retry again).
     """
     from .app import make_store
     from .pipeline.retry import Refused, retry_owner, select_for_job, select_for_uid
@@ -415,7 +426,10 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
-@_data_dir_option
+@_data_dir_option(
+    "The data folder shared with the receivers. The pipeline reads and writes its tracker and"
+    " objects (DynamoDB and S3 instead, where configured)"
+)
 def worker(config: Path | None, data_dir: Path | None) -> None:
     """Run the import pipeline alone (no DICOM listener), on the receivers' object store and
     tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver

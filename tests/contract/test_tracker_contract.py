@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -914,6 +915,93 @@ def test_the_job_record_only_moves_forward(tracker: Tracker) -> None:
     tracker.seal_batch("b2", "w1")
     tracker.record_job_start("b2", "tok-b2", "job-b2", now=T0 + 40)
     assert [j.batch_id for j in tracker.jobs()] == ["b1", "b2"]
+
+
+def finished_job(tracker: Tracker, batch_id: str, *, at: float = T0) -> None:
+    """A job whose results are recorded: history the pipeline never needs to look at again."""
+    assert tracker.open_batch(batch_id, f"{batch_id}/", "w1", 60, now=at)
+    assert tracker.seal_batch(batch_id, "w1", now=at)
+    assert tracker.record_job_start(batch_id, "t", "n", now=at)
+    assert tracker.set_job_id(batch_id, f"job-{batch_id}")
+    assert tracker.update_job(batch_id, status=JobStatus.COMPLETED, results_at=at, now=at)
+
+
+def test_unfinished_jobs_are_those_whose_results_are_not_recorded(tracker: Tracker) -> None:
+    def job(batch_id: str, at: float, job_id: str | None = None, **changes: object) -> None:
+        assert tracker.open_batch(batch_id, f"{batch_id}/", "w1", 60, now=at)
+        assert tracker.seal_batch(batch_id, "w1", now=at)
+        assert tracker.record_job_start(batch_id, "t", "n", now=at)
+        if job_id:
+            assert tracker.set_job_id(batch_id, job_id)
+        if changes:
+            assert tracker.update_job(batch_id, now=at, **changes)  # type: ignore[arg-type]
+
+    job("starting", T0 + 6)
+    job("running", T0 + 5, "j-run", status=JobStatus.IN_PROGRESS)
+    job("imported", T0 + 1, "j-done", status=JobStatus.COMPLETED, results_at=T0 + 2)
+    # A start refused for good, its receipts not marked yet: still the pipeline's to finish.
+    job("refused", T0 + 4, status=JobStatus.FAILED, message="AccessDenied")
+    job("reading", T0 + 3, "j-read", status=JobStatus.COMPLETED)  # outputs not read yet
+    job("failed", T0 + 2, "j-fail", status=JobStatus.FAILED, results_at=T0 + 9)
+    unfinished = tracker.unfinished_jobs()
+    assert [j.batch_id for j in unfinished] == ["reading", "refused", "running", "starting"]
+    assert unfinished[2] == tracker.batch_job("running")
+    assert tracker.update_job("reading", results_at=T0 + 10, now=T0 + 10)
+    assert tracker.update_job("running", status=JobStatus.FAILED, now=T0 + 10)
+    assert [j.batch_id for j in tracker.unfinished_jobs()] == ["refused", "running", "starting"]
+    assert tracker.update_job("running", results_at=T0 + 11, now=T0 + 11)
+    assert tracker.update_job("running", results_at=T0 + 12, now=T0 + 12)  # a replay
+    assert [j.batch_id for j in tracker.unfinished_jobs()] == ["refused", "starting"]
+    assert len(tracker.jobs()) == 6
+
+
+def test_sealed_batches_without_job_leave_once_their_job_is_recorded(tracker: Tracker) -> None:
+    finished_job(tracker, "done")
+    for n, batch_id in enumerate(("late", "early", "open")):
+        assert tracker.open_batch(batch_id, f"{batch_id}/", "w1", 60, now=T0)
+        if batch_id != "open":
+            assert tracker.seal_batch(batch_id, "w1", now=T0 + 10 - n)
+    assert [b.batch_id for b in tracker.sealed_batches_without_job()] == ["early", "late"]
+    assert tracker.record_job_start("early", "t", "n")
+    assert not tracker.record_job_start("early", "t", "n")  # a replay
+    assert [b.batch_id for b in tracker.sealed_batches_without_job()] == ["late"]
+    assert [b.batch_id for b in tracker.open_batches()] == ["open"]
+
+
+def test_what_the_pipeline_reads_every_round_leaves_the_history_out(backend: Backend) -> None:
+    """The worker's per-round reads find the few batches and jobs in flight without reading
+    the finished ones: on DynamoDB through sparse indexes, never a Scan. (SQLite: the steps
+    are counted in tests/unit/test_tracking_sqlite.py.)"""
+    if backend.name != "dynamodb":
+        pytest.skip("counts the items DynamoDB requests read")
+    tracker = backend.new()
+    for n in range(8):
+        finished_job(tracker, f"old-{n}", at=T0 + n)
+    sealed_batch_with_job(tracker, "running", "job-running")
+    for batch_id in ("sealed", "open"):
+        assert tracker.open_batch(batch_id, f"{batch_id}/", "w1", 60)
+    assert tracker.seal_batch("sealed", "w1")
+    reads: list[tuple[str, int]] = []
+
+    def count(http_response: object, parsed: dict[str, Any], model: Any, **_: object) -> None:
+        if model.name == "BatchGetItem":
+            items = sum(len(found) for found in parsed.get("Responses", {}).values())
+        else:
+            items = int(parsed.get("ScannedCount", 0))
+        reads.append((model.name, items))
+
+    events = tracker._client.meta.events  # type: ignore[attr-defined]
+    events.register("after-call.dynamodb", count)
+    try:
+        assert [j.batch_id for j in tracker.unfinished_jobs()] == ["running"]
+        assert [b.batch_id for b in tracker.sealed_batches_without_job()] == ["sealed"]
+        assert [b.batch_id for b in tracker.open_batches()] == ["open"]
+        assert tracker.cleanup_due(keep_imported_seconds=0) == []
+    finally:
+        events.unregister("after-call.dynamodb", count)
+    assert {name for name, _ in reads} == {"Query", "BatchGetItem"}
+    # The running job (found, then read again), the sealed batch, the open batch.
+    assert sum(items for _, items in reads) == 4, reads
 
 
 # -- SQLite only: an existing database is upgraded ------------------------------------------

@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydicom.uid import generate_uid
 
+from store_scp.cli import main
+from store_scp.pipeline import retry as retry_module
 from store_scp.pipeline.cleanup import CleanupPolicy
-from store_scp.pipeline.retry import retry, select_for_job, select_for_uid
+from store_scp.pipeline.retry import NO_BATCH_REASON, retry, select_for_job, select_for_uid
 from store_scp.storage.layout import quarantine_key, quarantine_note_key
 from store_scp.tracking.base import State
 from tests.integration.test_pipeline_faults import Rig
@@ -220,3 +223,37 @@ def test_a_retry_interrupted_after_admission_is_finished_by_the_worker(rig: Rig)
     job = rig.tracker.batch_job("retry-dead")
     assert job is not None and job.counts["imported"] == 1
     assert [a.batch_id for a in rig.tracker.attempts(key)] == ["b1", "retry-dead"]
+
+
+def test_a_retry_that_cannot_open_its_batch_is_refused_and_changes_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = rig.receive("b1", study=generate_uid(), series=generate_uid())
+    rig.seal("b1")
+    rig.datastore.fail_next_jobs(1)
+    rig.run_until(lambda: rig.final("b1"))
+    job = rig.tracker.batch_job("b1")
+    assert job is not None and job.job_id is not None
+    # Every fresh id the retry tries is that of a batch another process has open already.
+    ids = iter(["clash-1", "clash-2", "clash-3", "free"])
+    monkeypatch.setattr(retry_module, "new_batch_id", lambda now=None: next(ids))
+    for batch_id in ("clash-1", "clash-2", "clash-3"):
+        assert rig.tracker.open_batch(f"retry-{batch_id}", "retry/x/", "other-cli", 60)
+    before = rig.tracker.attempts(key)
+    out = CliRunner().invoke(main, ["retry", job.job_id, "--data-dir", str(rig.store.root)])
+    assert out.exit_code == 1, out.output
+    assert f"refused  {rig.tracker.receipt_status(key).sop_instance_uid}  " in out.stdout  # type: ignore[union-attr]
+    assert NO_BATCH_REASON in out.stdout
+    assert "1 receipt(s) of job" in out.stderr and "refused" in out.stderr
+    assert "Traceback" not in out.output
+    assert rig.tracker.attempts(key) == before and state(rig, key) is State.FAILED
+    assert [b.batch_id for b in rig.tracker.open_batches()] == [
+        "retry-clash-1",
+        "retry-clash-2",
+        "retry-clash-3",
+    ]
+    # Run again: a fresh id is free this time.
+    again = CliRunner().invoke(main, ["retry", job.job_id, "--data-dir", str(rig.store.root)])
+    assert again.exit_code == 0, again.output
+    assert state(rig, key) is State.IMPORTING
+    assert rig.tracker.receipt_status(key).job_batch_id == "retry-free"  # type: ignore[union-attr]

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from store_scp.tracking.base import Admission, ImportedInstance, Receipt, State, Tracker
+from store_scp.tracking.base import (
+    Admission,
+    ImportedInstance,
+    JobStatus,
+    Receipt,
+    State,
+    Tracker,
+)
 from store_scp.tracking.sqlite import SCHEMA_VERSION, SqliteTracker, TrackerSchemaError
 
 
@@ -382,3 +389,76 @@ def test_admission_cost_does_not_grow_with_the_history(tmp_path: Path) -> None:
     small = _admission_steps(tmp_path / "small.sqlite3", 100)
     large = _admission_steps(tmp_path / "large.sqlite3", 4000)
     assert large < 2 * small, (small, large)
+
+
+def _round_steps(path: Path, history: int) -> int:
+    """SQLite VM steps (in tens) of the reads the pipeline makes every round, with
+    `history` jobs whose results are recorded (and their sealed batches) in the database."""
+    with SqliteTracker(path) as t:
+        for n in range(history):
+            batch_id = f"old-{n}"
+            t.open_batch(batch_id, f"{batch_id}/", "w", 60, now=n)
+            t.seal_batch(batch_id, "w", now=n)
+            t.record_job_start(batch_id, "t", "n", now=n)
+            t.set_job_id(batch_id, f"job-{n}")
+            t.update_job(batch_id, status=JobStatus.COMPLETED, results_at=n, now=n)
+        for batch_id in ("running", "sealed", "open"):
+            t.open_batch(batch_id, f"{batch_id}/", "w", 60)
+        for batch_id in ("running", "sealed"):
+            t.seal_batch(batch_id, "w")
+        t.record_job_start("running", "t", "n")
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0  # go on
+
+        conn = t._connection()
+        conn.set_progress_handler(count, 10)
+        found = (
+            [j.batch_id for j in t.unfinished_jobs()],
+            [b.batch_id for b in t.sealed_batches_without_job()],
+            [b.batch_id for b in t.open_batches()],
+            [j.batch_id for j in t.jobs(JobStatus.STARTING)],
+            t.cleanup_due(keep_imported_seconds=0),
+        )
+        conn.set_progress_handler(None, 0)
+        assert found == (["running"], ["sealed"], ["open"], ["running"], [])
+        return steps
+
+
+def test_a_pipeline_round_does_not_read_the_history(tmp_path: Path) -> None:
+    """Every job stays in `jobs` and every batch stays SEALED once done: the reads of each
+    pipeline round (about once a second) go through partial indexes that leave them out, so
+    they cost the same with thousands of finished jobs as with none."""
+    small = _round_steps(tmp_path / "small.sqlite3", 10)
+    large = _round_steps(tmp_path / "large.sqlite3", 2000)
+    assert large <= small + 2, (small, large)  # a deeper B-tree may cost a step
+
+
+def test_upgrade_to_schema_4_knows_which_sealed_batches_have_a_job(db_path: Path) -> None:
+    SqliteTracker(db_path).close()
+    with sqlite3.connect(db_path) as conn:  # back to schema 3, with a history
+        conn.execute("DROP INDEX jobs_unfinished")
+        conn.execute("DROP INDEX batches_without_job")
+        conn.execute("ALTER TABLE batches DROP COLUMN has_job")
+        conn.execute("DELETE FROM schema_version WHERE version = 4")
+        for batch_id in ("done", "running", "waiting"):
+            conn.execute(
+                "INSERT INTO batches (batch_id, prefix, owner, state, lease_seconds,"
+                " lease_expires_at, opened_at, sealed_at)"
+                " VALUES (?, ?, 'w', 'SEALED', 60, 0, 1, 2)",
+                (batch_id, f"{batch_id}/"),
+            )
+        conn.executemany(
+            "INSERT INTO jobs (batch_id, prefix, client_token, job_name, job_id, status,"
+            " created_at, updated_at, results_at) VALUES (?, ?, 't', 'n', ?, ?, 3, 3, ?)",
+            [
+                ("done", "done/", "j1", "COMPLETED", 4),
+                ("running", "running/", "j2", "SUBMITTED", None),
+            ],
+        )
+    with SqliteTracker(db_path) as tracker:
+        assert [b.batch_id for b in tracker.sealed_batches_without_job()] == ["waiting"]
+        assert [j.batch_id for j in tracker.unfinished_jobs()] == ["running"]

@@ -13,7 +13,9 @@ Refused, with the reason:
 - a receipt with a newer receipt of the same SOP instance (HealthImaging keeps the latest
   *imported* copy: an older receipt is never imported after a newer one), or marked superseded;
 - a receipt the datastore cannot import ("not importable: ...": a retry would fail the same way);
-- a receipt another worker is importing right now.
+- a receipt another worker is importing right now;
+- every receipt, with nothing changed, when no retry batch could be opened (each fresh id
+  tried was taken).
 
 Crash safety: the retry batch is opened (owned, with a lease) before any receipt is admitted
 into it, and the copies are made after the admission. A crash leaves an OPEN retry batch whose
@@ -43,6 +45,14 @@ log = logging.getLogger("store_scp.pipeline")
 NOT_IMPORTABLE = "not importable:"
 #: A receipt whose object is found nowhere any more fails its retry attempt with this reason.
 NO_COPY_REASON = "retry: no copy of the object was found"
+#: Fresh retry batch ids tried before a retry is refused (an id is random: one is taken only
+#: by a clash with a batch that exists already).
+OPEN_ATTEMPTS = 3
+#: Why every receipt of a retry is refused when none of those ids could be opened.
+NO_BATCH_REASON = (
+    f"no retry batch could be opened ({OPEN_ATTEMPTS} fresh batch ids were taken);"
+    " nothing was changed: run the retry again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +162,11 @@ def retry(
     result = RetryResult()
     if not candidates:
         return result
-    batch_id = f"retry-{new_batch_id(now)}"
-    prefix = retry_prefix(batch_id)
-    if not tracker.open_batch(batch_id, prefix, owner, lease_seconds, now=now):
-        raise RuntimeError(f"retry batch {batch_id} exists already")
+    batch_id = _open_retry_batch(tracker, owner, lease_seconds, now)
+    if batch_id is None:
+        log.error("no retry batch could be opened", extra={"attempts": OPEN_ATTEMPTS})
+        result.refused = [_refused(c, NO_BATCH_REASON) for c in candidates]
+        return result
     result.batch_id = batch_id
     by_key = {c.key: c for c in candidates}
     pending = list(by_key)
@@ -192,6 +203,15 @@ def retry(
         },
     )
     return result
+
+
+def _open_retry_batch(tracker: Tracker, owner: str, lease_seconds: float, now: float) -> str | None:
+    """Open a new retry batch owned by `owner`; its id, or None if every id tried was taken."""
+    for _ in range(OPEN_ATTEMPTS):
+        batch_id = f"retry-{new_batch_id(now)}"
+        if tracker.open_batch(batch_id, retry_prefix(batch_id), owner, lease_seconds, now=now):
+            return batch_id
+    return None
 
 
 def stage_retry_copies(

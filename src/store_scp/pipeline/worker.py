@@ -269,9 +269,7 @@ class Pipeline:
         """Follow running jobs; returns the batches whose results were recorded now."""
         done = []
         now = self.clock()
-        for job in self.tracker.jobs():
-            if job.results_at is not None:
-                continue
+        for job in self.tracker.unfinished_jobs():
             if job.job_id is None:
                 if job.status is JobStatus.FAILED:
                     # A start refused for good, interrupted before its receipts were marked.

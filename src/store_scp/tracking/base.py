@@ -71,10 +71,12 @@ exactly once across workers; `set_job_id` and `update_job` follow the datastore'
 
 from __future__ import annotations
 
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any
 
 __all__ = [
     "JOB_STATUS_ORDER",
@@ -92,6 +94,8 @@ __all__ = [
     "State",
     "Tracker",
     "TrackerError",
+    "admission_by_state",
+    "is_superseded",
     "job_status_allowed_from",
 ]
 
@@ -292,31 +296,59 @@ class Job:
     cleaned_at: float | None = None  # cleanup of the job's objects done
 
 
-class Tracker(Protocol):
-    """Adapters: tracking.sqlite.SqliteTracker (embedded), tracking.dynamodb.DynamoDbTracker.
+def is_superseded(state: str, job_batch_id: str | None, reason: str | None) -> bool:
+    """A receipt marked never to be imported: FAILED, without a job, for SUPERSEDED_REASON."""
+    return state == State.FAILED and job_batch_id is None and reason == SUPERSEDED_REASON
 
-    Times (`now`, `at`) default to the current time; tests pass them explicitly.
+
+def admission_by_state(
+    state: str, job_batch_id: str | None, reason: str | None, batch_id: str, retry: bool
+) -> Admission | None:
+    """What `mark_importing` into `batch_id` answers for the newest receipt of an instance,
+    from the receipt's own state alone; None if it may be admitted once the other receipts of
+    its instance allow it (the ordering rules). For the adapters."""
+    if state == State.IMPORTING:
+        return Admission.ACCEPTED if job_batch_id == batch_id else Admission.BLOCKED
+    if state == State.IMPORTED:
+        return Admission.FINAL
+    if state == State.FAILED:
+        if is_superseded(state, job_batch_id, reason):
+            return Admission.SUPERSEDED
+        if not retry:
+            return Admission.FINAL
+    return None
+
+
+class Tracker(ABC):
+    """The port. Adapters: tracking.sqlite.SqliteTracker (embedded), tracking.dynamodb.
+    DynamoDbTracker.
+
+    The calls that take a time or a list of keys, or change a batch or a job, are written
+    here once: they resolve their arguments (times default to the current time, keys lose
+    their repeats in order, a job's changes are normalised, calls without an owner are
+    refused) and call the adapter's hook of the same name with a leading underscore. Tests
+    pass times explicitly.
     """
 
     # -- receipts, as the receiver writes them ---------------------------------------------
 
     def record_receipt(self, receipt: Receipt) -> bool:
         """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
-        ...
+        return self.record_receipts([receipt]) == 1
 
+    @abstractmethod
     def record_receipts(self, receipts: Sequence[Receipt]) -> int:
         """record_receipt for many at once (one transaction where the store has them);
         returns how many keys were new. New receipts count in their batch (files, bytes,
         first/last receipt time); an unknown batch id is created OPEN, unowned."""
-        ...
 
+    @abstractmethod
     def known_keys(self, keys: Iterable[str]) -> set[str]:
         """The subset of `keys` that already has a row."""
-        ...
 
+    @abstractmethod
     def receipts_for_instance(self, sop_instance_uid: str) -> list[Receipt]:
         """Every receipt of one SOP instance, oldest first."""
-        ...
 
     # -- receipt transitions --------------------------------------------------------------
 
@@ -330,7 +362,9 @@ class Tracker(Protocol):
     ) -> dict[str, Admission]:
         """Admit receipts into the job of `batch_id` (RECEIVED, or FAILED with `retry`, ->
         IMPORTING, a new attempt). See the module docstring for the ordering rules."""
-        ...
+        wanted = list(dict.fromkeys(keys))
+        result = self._mark_importing(wanted, batch_id, retry, _now(now))
+        return {key: result[key] for key in wanted}
 
     def mark_imported(
         self,
@@ -344,13 +378,16 @@ class Tracker(Protocol):
     ) -> bool:
         """IMPORTING in `batch_id`'s job -> IMPORTED. True if the receipt is now IMPORTED by
         that job (also on a replay); False if refused (not in that job's attempt)."""
-        ...
+        done = self.mark_imported_many(
+            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
+        )
+        return key in done
 
     def mark_imported_many(
         self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
     ) -> set[str]:
         """mark_imported for many; returns the keys that are IMPORTED by that job."""
-        ...
+        return self._mark_imported_many(batch_id, {r.key: r for r in results}, _now(at))
 
     def mark_failed(
         self,
@@ -363,7 +400,7 @@ class Tracker(Protocol):
         """With `batch_id`: IMPORTING in that batch's job -> FAILED. Without: RECEIVED ->
         FAILED at once, without a job (e.g. "not importable: ..."). Returns the keys that
         carry this outcome after the call (applied now or replayed); others were refused."""
-        ...
+        return self._mark_failed(list(dict.fromkeys(keys)), reason, batch_id, _now(at))
 
     def record_cleanup(
         self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
@@ -374,7 +411,7 @@ class Tracker(Protocol):
         newest attempt (the cleanup of an outcome a retry has replaced is refused). A replay
         keeps the first time and answers True for the same action. False if the receipt is
         unknown, not final or not in `attempt`."""
-        ...
+        return self._record_cleanup(key, action, _now(at), attempt)
 
     def claim_cleanup(
         self,
@@ -389,7 +426,8 @@ class Tracker(Protocol):
         until `now + lease_seconds`. True for one owner at a time (the holder may renew);
         False if the receipt is not final in `attempt`, its cleanup is recorded, or another
         owner's claim has not expired."""
-        ...
+        at = _now(now)
+        return self._claim_cleanup(key, attempt, owner, at + lease_seconds, at)
 
     def cleanup_due(
         self,
@@ -401,50 +439,57 @@ class Tracker(Protocol):
         """Final receipts whose cleanup is not recorded and not claimed (or whose claim
         expired): every FAILED one, and the IMPORTED ones imported `keep_imported_seconds`
         ago or more (none when None: kept forever). Oldest outcome first, at most `limit`."""
-        ...
+        at = _now(now)
+        due = self._cleanup_due(State.FAILED, None, at, limit)
+        if keep_imported_seconds is not None:
+            due += self._cleanup_due(State.IMPORTED, at - keep_imported_seconds, at, limit)
+        due.sort(key=lambda s: (s.state_changed_at, s.key))
+        return due[:limit]
 
     # -- receipt queries ------------------------------------------------------------------
 
+    @abstractmethod
     def receipt_status(self, key: str) -> ReceiptStatus | None: ...
 
+    @abstractmethod
     def attempts(self, key: str) -> list[Attempt]:
         """The history of a receipt, oldest attempt first."""
-        ...
 
+    @abstractmethod
     def receipts_in_batch(self, batch_id: str) -> list[ReceiptStatus]:
         """Every receipt received under `batch_id`, by key."""
-        ...
 
+    @abstractmethod
     def receipts_in_job(self, batch_id: str) -> list[ReceiptStatus]:
         """Every receipt whose newest attempt is the job of `batch_id` (received in that batch
         or retried into it), by key."""
-        ...
 
+    @abstractmethod
     def superseded(self, key: str) -> bool:
         """True if a receipt of the same SOP instance newer than this one was IMPORTED."""
-        ...
 
+    @abstractmethod
     def receipts_blocking(self, batch_id: str) -> list[ReceiptStatus]:
         """Receipts IMPORTING in another job whose SOP instance has a receipt in `batch_id`:
         what the batch's admission waits for."""
-        ...
 
+    @abstractmethod
     def where(self, uid: str) -> list[ReceiptStatus]:
         """For a study, series or SOP Instance UID: one item per SOP instance, the newest of
         its receipts that match `uid`; ordered by study, series, SOP Instance UID."""
-        ...
 
+    @abstractmethod
     def failures(self) -> list[ReceiptStatus]:
         """SOP instances whose newest receipt is FAILED, oldest first."""
-        ...
 
+    @abstractmethod
     def counts_by_state(self) -> dict[str, int]:
         """Number of receipts in each state; every state is present, zero included."""
-        ...
 
     def oldest_unimported_age(self, now: float | None = None) -> float | None:
         """Seconds since the oldest RECEIVED or IMPORTING receipt was received; None if none."""
-        ...
+        oldest = self._oldest_unimported_received_at()
+        return None if oldest is None else max(0.0, _now(now) - oldest)
 
     # -- batches --------------------------------------------------------------------------
 
@@ -459,12 +504,14 @@ class Tracker(Protocol):
     ) -> bool:
         """Record an OPEN batch owned by `owner`. True if created, or already OPEN and owned
         by `owner` (a replay: the lease is renewed), or OPEN and unowned (claimed)."""
-        ...
+        if not batch_id or not owner:
+            raise ValueError("a batch needs an id and an owner")
+        return self._open_batch(batch_id, prefix, owner, lease_seconds, _now(now))
 
     def renew_lease(self, owner: str, *, now: float | None = None) -> list[str]:
         """Extend the lease of every OPEN batch of `owner`; returns their ids. A batch missing
         from the answer was sealed by someone else: open a new one."""
-        ...
+        return sorted(self._renew_lease(owner, _now(now))) if owner else []
 
     def record_associations(
         self,
@@ -476,22 +523,27 @@ class Tracker(Protocol):
     ) -> bool:
         """The owner's view of the associations writing into its OPEN batch (absolute values,
         replay-safe). False if the batch is not OPEN or not owned by `owner`."""
-        ...
+        if not owner:
+            return False  # an unowned batch has no owner to report
+        return self._record_associations(
+            batch_id, owner, int(open_associations), last_association_end_at
+        )
 
     def seal_batch(self, batch_id: str, by: str, *, now: float | None = None) -> bool:
         """OPEN -> SEALED, by the owner, or by anyone once the owner's lease expired. True if
         this call sealed it, or `by` had sealed it already (a replay); False otherwise."""
-        ...
+        return self._seal_batch(batch_id, by, _now(now))
 
+    @abstractmethod
     def batch(self, batch_id: str) -> Batch | None: ...
 
+    @abstractmethod
     def open_batches(self) -> list[Batch]:
         """OPEN batches, oldest first."""
-        ...
 
+    @abstractmethod
     def sealed_batches_without_job(self) -> list[Batch]:
         """SEALED batches that have no job record yet, sealed first first."""
-        ...
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -506,12 +558,12 @@ class Tracker(Protocol):
         """Create the batch's job record (STARTING). True for exactly one caller across
         workers; False if the record exists. Raises BatchNotSealedError if the batch is not
         sealed."""
-        ...
+        return self._record_job_start(batch_id, client_token, job_name, _now(now))
 
     def set_job_id(self, batch_id: str, job_id: str, *, submitted_at: float | None = None) -> bool:
         """Record the datastore's job id (STARTING -> SUBMITTED). True if the record now holds
         `job_id` (also on a replay); False if it holds another one or none can be set."""
-        ...
+        return self._set_job_id(batch_id, job_id, _now(submitted_at))
 
     def update_job(
         self,
@@ -528,51 +580,111 @@ class Tracker(Protocol):
     ) -> bool:
         """Update a job record; None leaves a field as it is. The status only moves forward
         (`job_status_allowed_from`): False, and nothing changed, for a stale update."""
-        ...
+        changes: dict[str, Any] = {
+            "status": None if status is None else JobStatus(status).value,
+            "message": message,
+            "counts": None if counts is None else {str(k): int(v) for k, v in counts.items()},
+            "output_uri": output_uri,
+            "ended_at": ended_at,
+            "results_at": results_at,
+            "cleaned_at": cleaned_at,
+        }
+        changes = {name: value for name, value in changes.items() if value is not None}
+        changes["updated_at"] = _now(now)
+        allowed = None
+        if status is not None:
+            allowed = sorted(s.value for s in job_status_allowed_from(JobStatus(status)))
+        return self._update_job(batch_id, changes, allowed)
 
+    @abstractmethod
     def job(self, job_id: str) -> Job | None:
         """The job record holding the datastore's `job_id`."""
-        ...
 
+    @abstractmethod
     def batch_job(self, batch_id: str) -> Job | None:
         """The job record of a batch."""
-        ...
 
+    @abstractmethod
     def jobs(self, status: JobStatus | None = None) -> list[Job]:
         """Job records (with `status`, if given), oldest first."""
-        ...
 
+    @abstractmethod
+    def unfinished_jobs(self) -> list[Job]:
+        """Job records whose results are not recorded yet (`results_at` unset): starting,
+        running, or ended with outcomes still to record; oldest first. What the pipeline
+        follows every round: served by an index, its cost follows these jobs, not every job
+        ever recorded."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
+    # -- the adapters' hooks: arguments resolved as said in the class docstring ------------
 
-class TrackerConveniences:
-    """The single-item calls of the port, written once over their batch forms (adapters
-    inherit it)."""
+    @abstractmethod
+    def _mark_importing(
+        self, keys: list[str], batch_id: str, retry: bool, at: float
+    ) -> dict[str, Admission]:
+        """An Admission for each of `keys`."""
 
-    def record_receipts(self, receipts: Sequence[Receipt]) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def _mark_imported_many(
+        self, batch_id: str, results: Mapping[str, ImportedInstance], at: float
+    ) -> set[str]: ...
 
-    def mark_imported_many(
-        self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
-    ) -> set[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def _mark_failed(
+        self, keys: list[str], reason: str, batch_id: str | None, at: float
+    ) -> set[str]: ...
 
-    def record_receipt(self, receipt: Receipt) -> bool:
-        """Insert a RECEIVED row. Idempotent by key: returns False if the key was known."""
-        return self.record_receipts([receipt]) == 1
+    @abstractmethod
+    def _record_cleanup(self, key: str, action: str, at: float, attempt: int | None) -> bool: ...
 
-    def mark_imported(
-        self,
-        key: str,
-        batch_id: str,
-        image_set_id: str,
-        is_primary: bool,
-        image_set_version: str | None = None,
-        *,
-        at: float | None = None,
+    @abstractmethod
+    def _claim_cleanup(
+        self, key: str, attempt: int, owner: str, until: float, at: float
+    ) -> bool: ...
+
+    @abstractmethod
+    def _cleanup_due(
+        self, state: State, cutoff: float | None, at: float, limit: int
+    ) -> list[ReceiptStatus]:
+        """Due outcomes in one state (changed at `cutoff` or before, if given): the oldest
+        `limit`, oldest first."""
+
+    @abstractmethod
+    def _oldest_unimported_received_at(self) -> float | None: ...
+
+    @abstractmethod
+    def _open_batch(
+        self, batch_id: str, prefix: str, owner: str, lease_seconds: float, at: float
+    ) -> bool: ...
+
+    @abstractmethod
+    def _renew_lease(self, owner: str, at: float) -> list[str]: ...
+
+    @abstractmethod
+    def _record_associations(
+        self, batch_id: str, owner: str, open_associations: int, last_end_at: float | None
+    ) -> bool: ...
+
+    @abstractmethod
+    def _seal_batch(self, batch_id: str, by: str, at: float) -> bool: ...
+
+    @abstractmethod
+    def _record_job_start(
+        self, batch_id: str, client_token: str, job_name: str, at: float
+    ) -> bool: ...
+
+    @abstractmethod
+    def _set_job_id(self, batch_id: str, job_id: str, submitted_at: float) -> bool: ...
+
+    @abstractmethod
+    def _update_job(
+        self, batch_id: str, changes: Mapping[str, Any], allowed: Sequence[str] | None
     ) -> bool:
-        """IMPORTING in `batch_id`'s job -> IMPORTED; True also on a replay."""
-        done = self.mark_imported_many(
-            batch_id, [ImportedInstance(key, image_set_id, is_primary, image_set_version)], at=at
-        )
-        return key in done
+        """Set `changes` (every one a value; `counts` a dict of str to int), if the record's
+        status is one of `allowed` (when given)."""
+
+
+def _now(value: float | None) -> float:
+    return time.time() if value is None else value

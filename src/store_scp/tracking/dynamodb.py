@@ -48,7 +48,10 @@ of "" (a UID or batch id never is "-"); the plain attributes keep the value as r
 
 ``jobs``  PK ``batch_id`` (S): every `Job` field (``counts`` a map).
     GSIs: ``by_job_id`` ``job_id`` (sparse: set once the datastore answered), ``by_status``
-    ``status`` / ``created_at`` (N): `job`, `jobs(status)`.
+    ``status`` / ``created_at`` (N): `job`, `jobs(status)`. ``by_unfinished`` ``g_unfinished``
+    / ``created_at``, sparse: ``"UNFINISHED"`` from the job's start until its results are
+    recorded (a few items, written at the job start rate: one partition key is no hot spot):
+    `unfinished_jobs`, which the pipeline reads every round.
 
 ``counters``  PK ``shard`` (N): one number per receipt state; `counts_by_state` sums the
     `COUNTER_SHARDS` items. Each state change adds to one shard, chosen at random, in the same
@@ -67,8 +70,9 @@ IMPORTING elsewhere.
 Reads that decide (`known_keys`, a receipt before its transition, a lock, a batch, a job) are
 strongly consistent reads of the tables. Queries through a GSI (`where`, `failures`,
 `receipts_in_batch`, `receipts_in_job`, `cleanup_due`, `receipts_for_instance`, `open_batches`,
-`sealed_batches_without_job`, `jobs`) are eventually consistent, as GSIs are: a change can
-take a moment to appear in them.
+`sealed_batches_without_job`, `jobs`, `unfinished_jobs`) are eventually consistent, as GSIs
+are: a change can take a moment to appear in them. `unfinished_jobs` reads the jobs it found
+again, strongly consistent, and leaves out those whose results were recorded meanwhile.
 `jobs()` without a status scans the jobs table (one item per import job: small).
 """
 
@@ -81,7 +85,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -100,9 +104,10 @@ from store_scp.tracking.base import (
     Receipt,
     ReceiptStatus,
     State,
-    TrackerConveniences,
+    Tracker,
     TrackerError,
-    job_status_allowed_from,
+    admission_by_state,
+    is_superseded,
 )
 
 __all__ = ["COUNTER_SHARDS", "STATE_SHARDS", "DynamoDbTracker", "TableNames"]
@@ -114,14 +119,19 @@ COUNTER_SHARDS = 32
 
 _MAX_TRANSACT_ITEMS = 100
 _FINAL = (State.IMPORTED.value, State.FAILED.value)
-#: The cleanup of an outcome: a new attempt starts without it. A claim still held stays: the
-#: cleanup of the new outcome waits until the old one's has stopped.
-_CLEANUP_FIELDS = ("cleanup_action", "cleanup_at")
+#: What a new attempt starts without: the outcome of the one before, and its cleanup. A claim
+#: still held stays: the cleanup of the new outcome waits until the old one's has stopped.
+_NO_OUTCOME: dict[str, None] = dict.fromkeys(
+    ("image_set_id", "is_primary", "image_set_version", "cleanup_action", "cleanup_at")
+)
 _BATCH_GET = 100
 #: Rounds of read, decide, write before a transition gives up with TrackerError.
 _MAX_ROUNDS = 12
 _EMPTY_KEY = "-"
+#: The `g_unfinished` value of a job whose results are not recorded yet.
+_UNFINISHED = "UNFINISHED"
 
+_T = TypeVar("_T")
 Item = dict[str, Any]  # an item as Python values
 AttributeValues = dict[str, dict[str, Any]]  # an item as DynamoDB attribute values
 #: Decides on one receipt: (applies?, transaction items, counter deltas).
@@ -142,7 +152,7 @@ class TableNames:
         return cls(**{f.name: f"{prefix}-{f.name}" for f in fields(cls)})
 
 
-class DynamoDbTracker(TrackerConveniences):
+class DynamoDbTracker(Tracker):
     """Tracker on DynamoDB tables; thread-safe (boto3 clients are), several processes too."""
 
     def __init__(
@@ -228,11 +238,12 @@ class DynamoDbTracker(TrackerConveniences):
                 "TableName": t.jobs,
                 "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
                 "AttributeDefinitions": _attributes(
-                    batch_id="S", job_id="S", status="S", created_at="N"
+                    batch_id="S", job_id="S", status="S", created_at="N", g_unfinished="S"
                 ),
                 "GlobalSecondaryIndexes": [
                     gsi("by_job_id", "job_id"),
                     gsi("by_status", "status", "created_at"),
+                    gsi("by_unfinished", "g_unfinished", "created_at"),
                 ],
             },
             {
@@ -281,11 +292,10 @@ class DynamoDbTracker(TrackerConveniences):
         first_of_key: dict[str, Receipt] = {}
         for receipt in receipts:
             first_of_key.setdefault(receipt.key, receipt)
-        pending = list(first_of_key.values())
         new = 0
-        for round_ in range(_MAX_ROUNDS):
-            if not pending:
-                return new
+
+        def record(pending: list[Receipt]) -> list[Receipt]:
+            nonlocal new
             retry: list[Receipt] = []
             for chunk in _receipt_chunks(pending):
                 codes = self._transact(self._record_ops(chunk))
@@ -295,11 +305,9 @@ class DynamoDbTracker(TrackerConveniences):
                 for receipt, code in zip(chunk, codes, strict=False):
                     if code != "ConditionalCheckFailed":  # that one: a known key
                         retry.append(receipt)
-            pending = retry
-            if pending:
-                _backoff(round_)
-        if pending:
-            raise TrackerError(f"could not record {len(pending)} receipts: contention")
+            return retry
+
+        _in_rounds(list(first_of_key.values()), record, "record receipts")
         return new
 
     def known_keys(self, keys: Iterable[str]) -> set[str]:
@@ -314,20 +322,13 @@ class DynamoDbTracker(TrackerConveniences):
 
     # -- receipt transitions ----------------------------------------------------------------
 
-    def mark_importing(
-        self,
-        keys: Iterable[str],
-        batch_id: str,
-        *,
-        retry: bool = False,
-        now: float | None = None,
+    def _mark_importing(
+        self, keys: list[str], batch_id: str, retry: bool, at: float
     ) -> dict[str, Admission]:
-        at = _now(now)
-        wanted = list(dict.fromkeys(keys))
         result: dict[str, Admission] = {}
-        rows = self._get_receipts(wanted)
+        rows = self._get_receipts(keys)
         groups: dict[str, list[Item]] = defaultdict(list)
-        for key in wanted:
+        for key in keys:
             if key in rows:
                 groups[_instance(rows[key])].append(rows[key])
             else:
@@ -379,14 +380,11 @@ class DynamoDbTracker(TrackerConveniences):
                     for row in groups[name]:
                         result[row["key"]] = Admission.WAITING
                 break
-        return {key: result[key] for key in wanted}
+        return result
 
-    def mark_imported_many(
-        self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
+    def _mark_imported_many(
+        self, batch_id: str, results: Mapping[str, ImportedInstance], at: float
     ) -> set[str]:
-        when = _now(at)
-        outcomes = {result.key: result for result in results}
-
         def plan(row: Item) -> tuple[bool, list[dict[str, Any]], Counter[str]]:
             if row.get("job_batch_id") != batch_id:
                 return False, [], Counter()
@@ -394,59 +392,29 @@ class DynamoDbTracker(TrackerConveniences):
                 return True, [], Counter()  # a replay
             if row["state"] != State.IMPORTING:
                 return False, [], Counter()
-            outcome = outcomes[row["key"]]
-            values: Item = {
-                "image_set_id": outcome.image_set_id,
-                "is_primary": outcome.is_primary,
-                "image_set_version": outcome.image_set_version,
-            }
-            ops = [
-                self._update(
-                    self.tables.receipts,
-                    {"key": row["key"]},
-                    set_={
-                        "state": State.IMPORTED.value,
-                        "state_changed_at": when,
-                        "g_cleanup": _state_key(State.IMPORTED, row["key"]),
-                        **values,
-                    },
-                    remove=["reason", "g_state"],
-                    condition=_in_attempt(row),
-                ),
-                self._update(
-                    self.tables.attempts,
-                    {"key": row["key"], "attempt": int(row["attempt"])},
-                    set_={"ended_at": when, "outcome": State.IMPORTED.value, **values},
-                    condition=("attribute_exists(#c0)", {"#c0": "key"}, {}),
-                ),
-            ]
-            if row["sop_instance_uid"]:
-                ops.append(
-                    self._update(
-                        self.tables.instances,
-                        {"sop_instance_uid": row["sop_instance_uid"]},
-                        set_={
-                            "imported_key": row["key"],
-                            "imported_received_at": float(row["received_at"]),
-                        },
-                        remove=["importing_key", "importing_batch"],
-                        condition=("#c0 = :c0", {"#c0": "importing_key"}, {":c0": row["key"]}),
-                    )
-                )
+            outcome = results[row["key"]]
+            ops = self._end_attempt_ops(
+                row,
+                State.IMPORTED,
+                at,
+                {
+                    "image_set_id": outcome.image_set_id,
+                    "is_primary": outcome.is_primary,
+                    "image_set_version": outcome.image_set_version,
+                },
+                receipt={"reason": None, "g_state": None},
+                lock={
+                    "imported_key": row["key"],
+                    "imported_received_at": float(row["received_at"]),
+                },
+            )
             return True, ops, Counter({State.IMPORTING.value: -1, State.IMPORTED.value: 1})
 
-        return self._apply(list(outcomes), plan, f"record the results of {batch_id}")
+        return self._apply(list(results), plan, f"record the results of {batch_id}")
 
-    def mark_failed(
-        self,
-        keys: Iterable[str],
-        reason: str,
-        batch_id: str | None = None,
-        *,
-        at: float | None = None,
+    def _mark_failed(
+        self, keys: list[str], reason: str, batch_id: str | None, at: float
     ) -> set[str]:
-        when = _now(at)
-
         def plan(row: Item) -> tuple[bool, list[dict[str, Any]], Counter[str]]:
             state = row["state"]
             if batch_id is None:
@@ -454,50 +422,26 @@ class DynamoDbTracker(TrackerConveniences):
                     return row.get("reason") == reason, [], Counter()  # a replay
                 if state != State.RECEIVED:
                     return False, [], Counter()
-                return True, self._fail_without_job_ops(row, reason, when), _moved(state)
+                return True, self._fail_without_job_ops(row, reason, at), _moved(state)
             if row.get("job_batch_id") != batch_id:
                 return False, [], Counter()
             if state == State.FAILED:
                 return True, [], Counter()  # a replay
             if state != State.IMPORTING:
                 return False, [], Counter()
-            ops = [
-                self._update(
-                    self.tables.receipts,
-                    {"key": row["key"]},
-                    set_={
-                        "state": State.FAILED.value,
-                        "state_changed_at": when,
-                        "reason": reason,
-                        "g_state": _state_key(State.FAILED, row["key"]),
-                        "g_cleanup": _state_key(State.FAILED, row["key"]),
-                    },
-                    condition=_in_attempt(row),
-                ),
-                self._update(
-                    self.tables.attempts,
-                    {"key": row["key"], "attempt": int(row["attempt"])},
-                    set_={"ended_at": when, "outcome": State.FAILED.value, "reason": reason},
-                    condition=("attribute_exists(#c0)", {"#c0": "key"}, {}),
-                ),
-            ]
-            if row["sop_instance_uid"]:
-                ops.append(
-                    self._update(
-                        self.tables.instances,
-                        {"sop_instance_uid": row["sop_instance_uid"]},
-                        remove=["importing_key", "importing_batch"],
-                        condition=("#c0 = :c0", {"#c0": "importing_key"}, {":c0": row["key"]}),
-                    )
-                )
+            ops = self._end_attempt_ops(
+                row,
+                State.FAILED,
+                at,
+                {"reason": reason},
+                receipt={"g_state": _state_key(State.FAILED, row["key"])},
+                lock={},
+            )
             return True, ops, _moved(State.IMPORTING)
 
-        return self._apply(list(dict.fromkeys(keys)), plan, "record failures")
+        return self._apply(keys, plan, "record failures")
 
-    def record_cleanup(
-        self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
-    ) -> bool:
-        when = _now(at)
+    def _record_cleanup(self, key: str, action: str, at: float, attempt: int | None) -> bool:
         for round_ in range(_MAX_ROUNDS):
             row = self._get(self.tables.receipts, {"key": key})
             if row is None or row["state"] not in _FINAL:
@@ -511,7 +455,7 @@ class DynamoDbTracker(TrackerConveniences):
                 self._update(
                     self.tables.receipts,
                     {"key": key},
-                    set_={"cleanup_action": action, "cleanup_at": when},
+                    set_={"cleanup_action": action, "cleanup_at": at},
                     remove=["g_cleanup", "cleanup_claimed_by", "cleanup_claim_expires_at"],
                     condition=(
                         "#c0 = :c0 AND #c1 = :c1 AND attribute_not_exists(#c2)",
@@ -522,7 +466,7 @@ class DynamoDbTracker(TrackerConveniences):
                 self._update(
                     self.tables.attempts,
                     {"key": key, "attempt": newest},
-                    set_={"cleanup_action": action, "cleanup_at": when},
+                    set_={"cleanup_action": action, "cleanup_at": at},
                     condition=("attribute_exists(#c0)", {"#c0": "key"}, {}),
                 ),
             ]
@@ -531,66 +475,50 @@ class DynamoDbTracker(TrackerConveniences):
             _backoff(round_)  # moved meanwhile: read again, decide again
         raise TrackerError(f"could not record the cleanup of {key}: contention")
 
-    def claim_cleanup(
-        self,
-        key: str,
-        attempt: int,
-        owner: str,
-        *,
-        lease_seconds: float,
-        now: float | None = None,
-    ) -> bool:
-        at = _now(now)
+    def _claim_cleanup(self, key: str, attempt: int, owner: str, until: float, at: float) -> bool:
         return self._conditional_update(
-            self.tables.receipts,
-            {"key": key},
-            set_={"cleanup_claimed_by": owner, "cleanup_claim_expires_at": at + lease_seconds},
-            condition=(
-                "#c0 IN (:c0, :c1) AND #c1 = :c2 AND attribute_not_exists(#c2)"
-                " AND (attribute_not_exists(#c3) OR #c3 = :c3 OR #c4 < :c4)",
-                {
-                    "#c0": "state",
-                    "#c1": "attempt",
-                    "#c2": "cleanup_action",
-                    "#c3": "cleanup_claimed_by",
-                    "#c4": "cleanup_claim_expires_at",
-                },
-                {
-                    ":c0": State.IMPORTED.value,
-                    ":c1": State.FAILED.value,
-                    ":c2": int(attempt),
-                    ":c3": owner,
-                    ":c4": at,
-                },
-            ),
+            self._update(
+                self.tables.receipts,
+                {"key": key},
+                set_={"cleanup_claimed_by": owner, "cleanup_claim_expires_at": until},
+                condition=(
+                    "#c0 IN (:c0, :c1) AND #c1 = :c2 AND attribute_not_exists(#c2)"
+                    " AND (attribute_not_exists(#c3) OR #c3 = :c3 OR #c4 < :c4)",
+                    {
+                        "#c0": "state",
+                        "#c1": "attempt",
+                        "#c2": "cleanup_action",
+                        "#c3": "cleanup_claimed_by",
+                        "#c4": "cleanup_claim_expires_at",
+                    },
+                    {
+                        ":c0": State.IMPORTED.value,
+                        ":c1": State.FAILED.value,
+                        ":c2": int(attempt),
+                        ":c3": owner,
+                        ":c4": at,
+                    },
+                ),
+            )
         )
 
-    def cleanup_due(
-        self,
-        *,
-        keep_imported_seconds: float | None,
-        now: float | None = None,
-        limit: int = 100,
+    def _cleanup_due(
+        self, state: State, cutoff: float | None, at: float, limit: int
     ) -> list[ReceiptStatus]:
-        at = _now(now)
-        conditions: list[tuple[State, float | None]] = [(State.FAILED, None)]
-        if keep_imported_seconds is not None:
-            conditions.append((State.IMPORTED, at - keep_imported_seconds))
         found: list[Item] = []
-        for state, cutoff in conditions:
-            for shard in range(STATE_SHARDS):
-                request: dict[str, Any] = {
-                    "TableName": self.tables.receipts,
-                    "IndexName": "by_cleanup",
-                    "KeyConditionExpression": "g_cleanup = :g",
-                    "ExpressionAttributeValues": {":g": _av(f"{state.value}#{shard}")},
-                    "Limit": limit,
-                }
-                if cutoff is not None:
-                    request["KeyConditionExpression"] += " AND state_changed_at <= :t"
-                    request["ExpressionAttributeValues"][":t"] = _av(cutoff)
-                # Each shard's oldest `limit` hold the oldest `limit` overall: one page each.
-                found += [_item(raw) for raw in self._client.query(**request).get("Items", [])]
+        for shard in range(STATE_SHARDS):
+            request: dict[str, Any] = {
+                "TableName": self.tables.receipts,
+                "IndexName": "by_cleanup",
+                "KeyConditionExpression": "g_cleanup = :g",
+                "ExpressionAttributeValues": {":g": _av(f"{state.value}#{shard}")},
+                "Limit": limit,
+            }
+            if cutoff is not None:
+                request["KeyConditionExpression"] += " AND state_changed_at <= :t"
+                request["ExpressionAttributeValues"][":t"] = _av(cutoff)
+            # Each shard's oldest `limit` hold the oldest `limit` overall: one page each.
+            found += [_item(raw) for raw in self._client.query(**request).get("Items", [])]
         due = [
             item
             for item in found
@@ -708,7 +636,7 @@ class DynamoDbTracker(TrackerConveniences):
                 counts[state.value] += int(item.get(state.value, 0))
         return counts
 
-    def oldest_unimported_age(self, now: float | None = None) -> float | None:
+    def _oldest_unimported_received_at(self) -> float | None:
         oldest: float | None = None
         for state in (State.RECEIVED, State.IMPORTING):
             for shard in range(STATE_SHARDS):
@@ -723,22 +651,13 @@ class DynamoDbTracker(TrackerConveniences):
                 for raw in response.get("Items", []):
                     received_at = float(_item(raw)["received_at"])
                     oldest = received_at if oldest is None else min(oldest, received_at)
-        return None if oldest is None else max(0.0, _now(now) - oldest)
+        return oldest
 
     # -- batches ----------------------------------------------------------------------------
 
-    def open_batch(
-        self,
-        batch_id: str,
-        prefix: str,
-        owner: str,
-        lease_seconds: float,
-        *,
-        now: float | None = None,
+    def _open_batch(
+        self, batch_id: str, prefix: str, owner: str, lease_seconds: float, at: float
     ) -> bool:
-        if not batch_id or not owner:
-            raise ValueError("a batch needs an id and an owner")
-        at = _now(now)
         names = {f"#{name}": name for name in _BATCH_IF_NOT_EXISTS}
         names.update({"#state": "state", "#owner": "owner"})
         sets = [f"#{name} = if_not_exists(#{name}, :z_{name})" for name in _BATCH_IF_NOT_EXISTS]
@@ -758,83 +677,73 @@ class DynamoDbTracker(TrackerConveniences):
             sets.append(f"#{name} = :{name}")
             values[f":{name}"] = value
         values[":none"] = ""
-        try:
-            self._client.update_item(
-                TableName=self.tables.batches,
-                Key={"batch_id": _av(batch_id)},
-                UpdateExpression="SET " + ", ".join(sets),
-                ConditionExpression="attribute_not_exists(batch_id) OR (#state = :state"
-                " AND (#owner = :owner OR #owner = :none))",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={k: _av(v) for k, v in values.items()},
-            )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._conditionally(
+            self._client.update_item,
+            TableName=self.tables.batches,
+            Key={"batch_id": _av(batch_id)},
+            UpdateExpression="SET " + ", ".join(sets),
+            ConditionExpression="attribute_not_exists(batch_id) OR (#state = :state"
+            " AND (#owner = :owner OR #owner = :none))",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={k: _av(v) for k, v in values.items()},
+        )
 
-    def renew_lease(self, owner: str, *, now: float | None = None) -> list[str]:
-        if not owner:
-            return []
-        at = _now(now)
+    def _renew_lease(self, owner: str, at: float) -> list[str]:
         renewed: list[str] = []
         for item in self._query(self.tables.batches, "by_owner", "g_owner", owner):
             if self._conditional_update(
+                self._update(
+                    self.tables.batches,
+                    {"batch_id": item["batch_id"]},
+                    set_={"lease_expires_at": at + float(item["lease_seconds"])},
+                    condition=(
+                        "#c0 = :c0 AND #c1 = :c1",
+                        {"#c0": "state", "#c1": "owner"},
+                        {":c0": BatchState.OPEN.value, ":c1": owner},
+                    ),
+                )
+            ):
+                renewed.append(item["batch_id"])
+        return renewed
+
+    def _record_associations(
+        self, batch_id: str, owner: str, open_associations: int, last_end_at: float | None
+    ) -> bool:
+        set_: Item = {"open_associations": open_associations}
+        if last_end_at is not None:
+            set_["last_association_end_at"] = last_end_at
+        return self._conditional_update(
+            self._update(
                 self.tables.batches,
-                {"batch_id": item["batch_id"]},
-                set_={"lease_expires_at": at + float(item["lease_seconds"])},
+                {"batch_id": batch_id},
+                set_=set_,
                 condition=(
                     "#c0 = :c0 AND #c1 = :c1",
                     {"#c0": "state", "#c1": "owner"},
                     {":c0": BatchState.OPEN.value, ":c1": owner},
                 ),
-            ):
-                renewed.append(item["batch_id"])
-        return sorted(renewed)
-
-    def record_associations(
-        self,
-        batch_id: str,
-        owner: str,
-        *,
-        open_associations: int,
-        last_association_end_at: float | None = None,
-    ) -> bool:
-        if not owner:
-            return False
-        set_: Item = {"open_associations": int(open_associations)}
-        if last_association_end_at is not None:
-            set_["last_association_end_at"] = last_association_end_at
-        return self._conditional_update(
-            self.tables.batches,
-            {"batch_id": batch_id},
-            set_=set_,
-            condition=(
-                "#c0 = :c0 AND #c1 = :c1",
-                {"#c0": "state", "#c1": "owner"},
-                {":c0": BatchState.OPEN.value, ":c1": owner},
-            ),
+            )
         )
 
-    def seal_batch(self, batch_id: str, by: str, *, now: float | None = None) -> bool:
-        at = _now(now)
+    def _seal_batch(self, batch_id: str, by: str, at: float) -> bool:
         if self._conditional_update(
-            self.tables.batches,
-            {"batch_id": batch_id},
-            set_={
-                "state": BatchState.SEALED.value,
-                "sealed_at": at,
-                "sealed_by": by,
-                "g_phase": BatchState.SEALED.value,
-                "phase_at": at,
-            },
-            remove=["g_owner"],
-            condition=(
-                "#c0 = :c0 AND (#c1 = :c1 OR #c2 < :c2)",
-                {"#c0": "state", "#c1": "owner", "#c2": "lease_expires_at"},
-                {":c0": BatchState.OPEN.value, ":c1": by, ":c2": at},
-            ),
+            self._update(
+                self.tables.batches,
+                {"batch_id": batch_id},
+                set_={
+                    "state": BatchState.SEALED.value,
+                    "sealed_at": at,
+                    "sealed_by": by,
+                    "g_phase": BatchState.SEALED.value,
+                    "phase_at": at,
+                },
+                remove=["g_owner"],
+                condition=(
+                    "#c0 = :c0 AND (#c1 = :c1 OR #c2 < :c2)",
+                    {"#c0": "state", "#c1": "owner", "#c2": "lease_expires_at"},
+                    {":c0": BatchState.OPEN.value, ":c1": by, ":c2": at},
+                ),
+            )
         ):
             return True
         item = self._get(self.tables.batches, {"batch_id": batch_id})
@@ -868,15 +777,7 @@ class DynamoDbTracker(TrackerConveniences):
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def record_job_start(
-        self,
-        batch_id: str,
-        client_token: str,
-        job_name: str,
-        *,
-        now: float | None = None,
-    ) -> bool:
-        at = _now(now)
+    def _record_job_start(self, batch_id: str, client_token: str, job_name: str, at: float) -> bool:
         batch = self._get(self.tables.batches, {"batch_id": batch_id})
         if batch is None or batch["state"] != BatchState.SEALED:
             raise BatchNotSealedError(f"batch {batch_id} is not sealed")
@@ -890,80 +791,59 @@ class DynamoDbTracker(TrackerConveniences):
             "counts": {},
             "created_at": at,
             "updated_at": at,
+            "g_unfinished": _UNFINISHED,
         }
-        try:
-            self._client.put_item(
-                TableName=self.tables.jobs,
-                Item=_avs(item),
-                ConditionExpression="attribute_not_exists(batch_id)",
-            )
-            won = True
-        except ClientError as exc:
-            if _code(exc) != "ConditionalCheckFailedException":
-                raise
-            won = False
+        won = self._conditionally(
+            self._client.put_item,
+            TableName=self.tables.jobs,
+            Item=_avs(item),
+            ConditionExpression="attribute_not_exists(batch_id)",
+        )
         self._leave_phase_index(batch_id)
         return won
 
-    def set_job_id(self, batch_id: str, job_id: str, *, submitted_at: float | None = None) -> bool:
-        at = _now(submitted_at)
+    def _set_job_id(self, batch_id: str, job_id: str, submitted_at: float) -> bool:
         if self._conditional_update(
-            self.tables.jobs,
-            {"batch_id": batch_id},
-            set_={
-                "job_id": job_id,
-                "status": JobStatus.SUBMITTED.value,
-                "submitted_at": at,
-                "updated_at": time.time(),
-            },
-            condition=(
-                "attribute_exists(#c0) AND attribute_not_exists(#c1) AND #c2 = :c2",
-                {"#c0": "batch_id", "#c1": "job_id", "#c2": "status"},
-                {":c2": JobStatus.STARTING.value},
-            ),
+            self._update(
+                self.tables.jobs,
+                {"batch_id": batch_id},
+                set_={
+                    "job_id": job_id,
+                    "status": JobStatus.SUBMITTED.value,
+                    "submitted_at": submitted_at,
+                    "updated_at": time.time(),
+                },
+                condition=(
+                    "attribute_exists(#c0) AND attribute_not_exists(#c1) AND #c2 = :c2",
+                    {"#c0": "batch_id", "#c1": "job_id", "#c2": "status"},
+                    {":c2": JobStatus.STARTING.value},
+                ),
+            )
         ):
             return True
         job = self._get(self.tables.jobs, {"batch_id": batch_id})
         return job is not None and job.get("job_id") == job_id
 
-    def update_job(
-        self,
-        batch_id: str,
-        *,
-        status: JobStatus | None = None,
-        message: str | None = None,
-        counts: Mapping[str, int] | None = None,
-        output_uri: str | None = None,
-        ended_at: float | None = None,
-        results_at: float | None = None,
-        cleaned_at: float | None = None,
-        now: float | None = None,
+    def _update_job(
+        self, batch_id: str, changes: Mapping[str, Any], allowed: Sequence[str] | None
     ) -> bool:
-        changes: Item = {
-            "status": None if status is None else JobStatus(status).value,
-            "message": message,
-            "counts": None if counts is None else {str(k): int(v) for k, v in counts.items()},
-            "output_uri": output_uri,
-            "ended_at": ended_at,
-            "results_at": results_at,
-            "cleaned_at": cleaned_at,
-        }
-        set_ = {name: value for name, value in changes.items() if value is not None}
-        set_["updated_at"] = _now(now)
         expression = "attribute_exists(#c0)"
         names = {"#c0": "batch_id"}
         values: Item = {}
-        if status is not None:
-            allowed = sorted(s.value for s in job_status_allowed_from(JobStatus(status)))
+        if allowed is not None:
             placeholders = [f":s{i}" for i in range(len(allowed))]
             expression += f" AND #c1 IN ({', '.join(placeholders)})"
             names["#c1"] = "status"
             values.update(zip(placeholders, allowed, strict=True))
         return self._conditional_update(
-            self.tables.jobs,
-            {"batch_id": batch_id},
-            set_=set_,
-            condition=(expression, names, values),
+            self._update(
+                self.tables.jobs,
+                {"batch_id": batch_id},
+                set_=changes,
+                # Results recorded: the job leaves the `by_unfinished` index.
+                remove=["g_unfinished"] if "results_at" in changes else [],
+                condition=(expression, names, values),
+            )
         )
 
     def job(self, job_id: str) -> Job | None:
@@ -981,6 +861,13 @@ class DynamoDbTracker(TrackerConveniences):
         else:
             items = self._query(self.tables.jobs, "by_status", "status", JobStatus(status).value)
         jobs = [_job(item) for item in items]
+        jobs.sort(key=lambda j: (j.created_at, j.batch_id))
+        return jobs
+
+    def unfinished_jobs(self) -> list[Job]:
+        found = self._query(self.tables.jobs, "by_unfinished", "g_unfinished", _UNFINISHED)
+        items = self._batch_get(self.tables.jobs, "batch_id", [i["batch_id"] for i in found])
+        jobs = [_job(item) for item in items if item.get("results_at") is None]
         jobs.sort(key=lambda j: (j.created_at, j.batch_id))
         return jobs
 
@@ -1129,50 +1016,30 @@ class DynamoDbTracker(TrackerConveniences):
         self, row: Item, lock: Item | None, batch_id: str, retry: bool, at: float
     ) -> tuple[Admission, list[dict[str, Any]], Counter[str]]:
         state = row["state"]
-        if state == State.IMPORTING:
-            if row.get("job_batch_id") == batch_id:
-                return Admission.ACCEPTED, [], Counter()
-            return Admission.BLOCKED, [], Counter()
-        if state == State.IMPORTED:
-            return Admission.FINAL, [], Counter()
-        if state == State.FAILED:
-            if _is_superseded(row):
-                return Admission.SUPERSEDED, [], Counter()
-            if not retry:
-                return Admission.FINAL, [], Counter()
+        decided = admission_by_state(
+            state, row.get("job_batch_id"), row.get("reason"), batch_id, retry
+        )
+        if decided is not None:
+            return decided, [], Counter()
         if lock is not None:
             if _newer_imported(lock, row):
                 return self._plan_supersede(row, retry, at)
             holder = lock.get("importing_key")
             if holder and holder != row["key"]:
                 return Admission.BLOCKED, [], Counter()
-        attempt = int(row["attempt"]) + 1
-        ops = [
-            self._update(
-                self.tables.receipts,
-                {"key": row["key"]},
-                set_={
-                    "state": State.IMPORTING.value,
-                    "state_changed_at": at,
-                    "attempt": attempt,
-                    "job_batch_id": batch_id,
-                    "g_job": batch_id,
-                    "g_state": _state_key(State.IMPORTING, row["key"]),
-                },
-                remove=[
-                    "image_set_id",
-                    "is_primary",
-                    "image_set_version",
-                    "reason",
-                    "g_cleanup",
-                    *_CLEANUP_FIELDS,
-                ],
-                condition=_unchanged(row),
-            ),
-            self._put_attempt(
-                {"key": row["key"], "attempt": attempt, "batch_id": batch_id, "started_at": at}
-            ),
-        ]
+        ops = self._new_attempt_ops(
+            row,
+            at,
+            receipt={
+                "state": State.IMPORTING.value,
+                "job_batch_id": batch_id,
+                "g_job": batch_id,
+                "g_state": _state_key(State.IMPORTING, row["key"]),
+                "reason": None,
+                "g_cleanup": None,
+            },
+            attempt={"batch_id": batch_id},
+        )
         sop = row["sop_instance_uid"]
         if sop:
             t = float(row["received_at"])
@@ -1199,7 +1066,7 @@ class DynamoDbTracker(TrackerConveniences):
     def _plan_supersede(
         self, row: Item, retry: bool, at: float
     ) -> tuple[Admission, list[dict[str, Any]], Counter[str]]:
-        if _is_superseded(row):
+        if is_superseded(row["state"], row.get("job_batch_id"), row.get("reason")):
             return Admission.SUPERSEDED, [], Counter()
         state = row["state"]
         if state == State.RECEIVED or (state == State.FAILED and retry):
@@ -1208,49 +1075,90 @@ class DynamoDbTracker(TrackerConveniences):
         return Admission.FINAL, [], Counter()
 
     def _fail_without_job_ops(self, row: Item, reason: str, at: float) -> list[dict[str, Any]]:
-        attempt = int(row["attempt"]) + 1
+        return self._new_attempt_ops(
+            row,
+            at,
+            receipt={
+                "state": State.FAILED.value,
+                "reason": reason,
+                "g_state": _state_key(State.FAILED, row["key"]),
+                "g_cleanup": _state_key(State.FAILED, row["key"]),
+                "job_batch_id": None,
+                "g_job": None,
+            },
+            attempt={"ended_at": at, "outcome": State.FAILED.value, "reason": reason},
+        )
+
+    def _new_attempt_ops(
+        self, row: Item, at: float, *, receipt: Item, attempt: Item
+    ) -> list[dict[str, Any]]:
+        """Start the receipt's next attempt, from the state and attempt it was read in:
+        `receipt` on the receipt (None removes), which loses the outcome before; and the new
+        attempt's item, with `attempt`."""
+        number = int(row["attempt"]) + 1
+        item = {"key": row["key"], "attempt": number, "started_at": at, **attempt}
         return [
             self._update(
                 self.tables.receipts,
                 {"key": row["key"]},
-                set_={
-                    "state": State.FAILED.value,
-                    "state_changed_at": at,
-                    "attempt": attempt,
-                    "reason": reason,
-                    "g_state": _state_key(State.FAILED, row["key"]),
-                    "g_cleanup": _state_key(State.FAILED, row["key"]),
-                },
-                remove=[
-                    "job_batch_id",
-                    "g_job",
-                    "image_set_id",
-                    "is_primary",
-                    "image_set_version",
-                    *_CLEANUP_FIELDS,
-                ],
+                set_={**_NO_OUTCOME, "state_changed_at": at, "attempt": number, **receipt},
                 condition=_unchanged(row),
             ),
-            self._put_attempt(
-                {
-                    "key": row["key"],
-                    "attempt": attempt,
-                    "started_at": at,
-                    "ended_at": at,
-                    "outcome": State.FAILED.value,
-                    "reason": reason,
+            {
+                "Put": {
+                    "TableName": self.tables.attempts,
+                    "Item": _avs(item),
+                    "ConditionExpression": "attribute_not_exists(#k)",
+                    "ExpressionAttributeNames": {"#k": "key"},
                 }
+            },
+        ]
+
+    def _end_attempt_ops(
+        self, row: Item, outcome: State, at: float, fields: Item, *, receipt: Item, lock: Item
+    ) -> list[dict[str, Any]]:
+        """End the receipt's import attempt in its job with `outcome`: `fields` on the receipt
+        and its attempt, `receipt` on the receipt alone (None removes), and release the lock
+        of its instance (setting `lock` there)."""
+        key = row["key"]
+        ops = [
+            self._update(
+                self.tables.receipts,
+                {"key": key},
+                set_={
+                    "state": outcome.value,
+                    "state_changed_at": at,
+                    "g_cleanup": _state_key(outcome, key),
+                    **fields,
+                    **receipt,
+                },
+                condition=_in_attempt(row),
+            ),
+            self._update(
+                self.tables.attempts,
+                {"key": key, "attempt": int(row["attempt"])},
+                set_={"ended_at": at, "outcome": outcome.value, **fields},
+                condition=("attribute_exists(#c0)", {"#c0": "key"}, {}),
             ),
         ]
+        if row["sop_instance_uid"]:
+            ops.append(
+                self._update(
+                    self.tables.instances,
+                    {"sop_instance_uid": row["sop_instance_uid"]},
+                    set_=lock,
+                    remove=["importing_key", "importing_batch"],
+                    condition=("#c0 = :c0", {"#c0": "importing_key"}, {":c0": key}),
+                )
+            )
+        return ops
 
     def _apply(self, keys: list[str], plan: _Plan, what: str) -> set[str]:
         """Read, decide (`plan(row) -> (ok, ops, counter delta)`) and write, in transactions
         of whole receipts; a cancelled transaction's receipts are read and decided again."""
         done: set[str] = set()
-        pending = keys
-        for round_ in range(_MAX_ROUNDS):
-            if not pending:
-                return done
+
+        def write(pending: list[str]) -> list[str]:
             rows = self._get_receipts(pending)
             chunks: list[tuple[list[str], list[dict[str, Any]], Counter[str]]] = []
             for key in pending:
@@ -1275,11 +1183,9 @@ class DynamoDbTracker(TrackerConveniences):
                     done.update(chunk_keys)
                 else:
                     retry.extend(chunk_keys)
-            pending = retry
-            if pending:
-                _backoff(round_)
-        if pending:
-            raise TrackerError(f"could not {what}: contention on {len(pending)} receipts")
+            return retry
+
+        _in_rounds(keys, write, what)
         return done
 
     def _counter_ops(self, delta: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -1300,16 +1206,6 @@ class DynamoDbTracker(TrackerConveniences):
                 }
             }
         ]
-
-    def _put_attempt(self, item: Item) -> dict[str, Any]:
-        return {
-            "Put": {
-                "TableName": self.tables.attempts,
-                "Item": _avs(item),
-                "ConditionExpression": "attribute_not_exists(#k)",
-                "ExpressionAttributeNames": {"#k": "key"},
-            }
-        }
 
     def _update(
         self,
@@ -1355,21 +1251,18 @@ class DynamoDbTracker(TrackerConveniences):
             update["ExpressionAttributeValues"] = {k: _av(v) for k, v in values.items()}
         return {"Update": update}
 
-    def _conditional_update(
-        self,
-        table: str,
-        key: Item,
-        *,
-        set_: Mapping[str, Any] | None = None,
-        remove: Sequence[str] = (),
-        condition: tuple[str, dict[str, str], Item],
-    ) -> bool:
-        """One UpdateItem; False if its condition failed."""
-        if "" in key.values():
+    def _conditional_update(self, op: dict[str, Any]) -> bool:
+        """An Update of `_update` run alone (UpdateItem); False if its condition failed, or
+        its key is empty (DynamoDB refuses one: there is no such item)."""
+        update = op["Update"]
+        if _av("") in update["Key"].values():
             return False
-        update = self._update(table, key, set_=set_, remove=remove, condition=condition)["Update"]
+        return self._conditionally(self._client.update_item, **update)
+
+    def _conditionally(self, write: Callable[..., Any], **request: Any) -> bool:
+        """One conditional write (PutItem, UpdateItem); False if its condition failed."""
         try:
-            self._client.update_item(**update)
+            write(**request)
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
                 return False
@@ -1396,10 +1289,12 @@ class DynamoDbTracker(TrackerConveniences):
     def _leave_phase_index(self, batch_id: str) -> None:
         """A batch with a job record leaves the `by_phase` index (idempotent)."""
         self._conditional_update(
-            self.tables.batches,
-            {"batch_id": batch_id},
-            remove=["g_phase"],
-            condition=("#c0 = :c0", {"#c0": "state"}, {":c0": BatchState.SEALED.value}),
+            self._update(
+                self.tables.batches,
+                {"batch_id": batch_id},
+                remove=["g_phase"],
+                condition=("#c0 = :c0", {"#c0": "state"}, {":c0": BatchState.SEALED.value}),
+            )
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -1530,14 +1425,6 @@ def _newer_imported(lock: Item, row: Item) -> bool:
     if not lock.get("imported_key"):
         return False
     return (float(lock["imported_received_at"]), lock["imported_key"]) > _order(row)
-
-
-def _is_superseded(row: Item) -> bool:
-    return (
-        row["state"] == State.FAILED
-        and row.get("job_batch_id") is None
-        and row.get("reason") == SUPERSEDED_REASON
-    )
 
 
 def _moved(old: str) -> Counter[str]:
@@ -1712,8 +1599,18 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _now(value: float | None) -> float:
-    return time.time() if value is None else value
+def _in_rounds(pending: list[_T], step: Callable[[list[_T]], list[_T]], what: str) -> None:
+    """Call `step` on what is pending (it returns the receipts to try again: their
+    transaction was cancelled) until nothing is, with a backoff between rounds; TrackerError
+    after `_MAX_ROUNDS`."""
+    for round_ in range(_MAX_ROUNDS):
+        if not pending:
+            return
+        pending = step(pending)
+        if pending:
+            _backoff(round_)
+    if pending:
+        raise TrackerError(f"could not {what}: contention on {len(pending)} receipts")
 
 
 def _backoff(round_: int) -> None:

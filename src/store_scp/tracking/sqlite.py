@@ -39,9 +39,12 @@ attempt (`attempt`, its job's batch `job_batch_id` and `job_id`) and its outcome
 it (`cleanup_action`, `cleanup_at`) and the claim of the worker doing it (`cleanup_claimed_by`,
 `cleanup_claim_expires_at`). `attempts` keeps every attempt, keyed by (key, attempt), with the
 cleanup of its outcome.
-`batches` holds one row per batch (owner, lease, state, counts), `jobs` one row per job, keyed
-by the batch id it imports. `schema_version` lists the migrations applied; `_MIGRATIONS` is
-applied in order at open, each in one transaction, so a newer release only appends to it.
+`batches` holds one row per batch (owner, lease, state, counts, whether its job is recorded),
+`jobs` one row per job, keyed by the batch id it imports. What the pipeline reads every round
+(open batches, sealed batches without a job, unfinished jobs, cleanups due) goes through
+partial indexes that leave the finished history out. `schema_version` lists the migrations
+applied; `_MIGRATIONS` is applied in order at open, each in one transaction, so a newer release
+only appends to it.
 
 Conditional writes (the transitions, seal, job start) read and write inside one BEGIN IMMEDIATE
 transaction: with the write lock held from the start, the check and the write cannot be split
@@ -78,8 +81,9 @@ from store_scp.tracking.base import (
     Receipt,
     ReceiptStatus,
     State,
-    TrackerConveniences,
-    job_status_allowed_from,
+    Tracker,
+    admission_by_state,
+    is_superseded,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteTracker", "TrackerSchemaError"]
@@ -220,6 +224,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX receipts_cleanup_due ON receipts (state, state_changed_at)"
         " WHERE cleanup_action IS NULL AND state IN ('IMPORTED', 'FAILED')",
     ),
+    # Version 4: what the pipeline looks at every round, indexed apart from the history (every
+    # batch stays SEALED and every job stays in the table once done).
+    (
+        # Jobs whose results are not recorded yet: the ones the pipeline follows.
+        "CREATE INDEX jobs_unfinished ON jobs (created_at, batch_id) WHERE results_at IS NULL",
+        # Whether the batch has its job record (set with it, in record_job_start).
+        "ALTER TABLE batches ADD COLUMN has_job INTEGER NOT NULL DEFAULT 0"
+        " CHECK (has_job IN (0, 1))",
+        "UPDATE batches SET has_job = 1 WHERE batch_id IN (SELECT batch_id FROM jobs)",
+        # Sealed batches waiting for their job.
+        "CREATE INDEX batches_without_job ON batches (sealed_at, batch_id)"
+        " WHERE state = 'SEALED' AND has_job = 0",
+    ),
 )
 
 #: The schema version this code writes.
@@ -280,7 +297,7 @@ class TrackerSchemaError(RuntimeError):
     """The database was written by a newer release (or is not a tracker database)."""
 
 
-class SqliteTracker(TrackerConveniences):
+class SqliteTracker(Tracker):
     """Tracker on one SQLite file, safe for several threads and several processes."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
@@ -362,22 +379,14 @@ class SqliteTracker(TrackerConveniences):
 
     # -- receipt transitions ----------------------------------------------------------------
 
-    def mark_importing(
-        self,
-        keys: Iterable[str],
-        batch_id: str,
-        *,
-        retry: bool = False,
-        now: float | None = None,
+    def _mark_importing(
+        self, keys: list[str], batch_id: str, retry: bool, at: float
     ) -> dict[str, Admission]:
-        """Admit receipts into the job of `batch_id`; see `tracking.base` for the rules."""
-        at = _now(now)
-        wanted = list(dict.fromkeys(keys))
         result: dict[str, Admission] = {}
         with self._write() as conn:
-            rows = _load(conn, wanted)
+            rows = _load(conn, keys)
             groups: dict[str, list[_Row]] = defaultdict(list)
-            for key in wanted:
+            for key in keys:
                 row = rows.get(key)
                 if row is None:
                     result[key] = Admission.UNKNOWN
@@ -398,18 +407,16 @@ class SqliteTracker(TrackerConveniences):
                     result[row.key] = (
                         Admission.WAITING if blocked else _supersede(conn, row, retry, at)
                     )
-        return {key: result[key] for key in wanted}
+        return result
 
-    def mark_imported_many(
-        self, batch_id: str, results: Iterable[ImportedInstance], *, at: float | None = None
+    def _mark_imported_many(
+        self, batch_id: str, results: Mapping[str, ImportedInstance], at: float
     ) -> set[str]:
-        """mark_imported for many, in one transaction; returns the keys IMPORTED by that job."""
-        when = _now(at)
-        outcomes = {result.key: result for result in results}
+        """In one transaction."""
         done: set[str] = set()
         with self._write() as conn:
-            rows = _load(conn, outcomes)
-            for key, outcome in outcomes.items():
+            rows = _load(conn, results)
+            for key, outcome in results.items():
                 row = rows.get(key)
                 if row is None or row.job_batch_id != batch_id:
                     continue
@@ -418,54 +425,37 @@ class SqliteTracker(TrackerConveniences):
                     continue
                 if row.state != State.IMPORTING:
                     continue
-                primary = int(outcome.is_primary)
+                values = (
+                    at,
+                    outcome.image_set_id,
+                    int(outcome.is_primary),
+                    outcome.image_set_version,
+                    batch_id,
+                    key,
+                )
                 conn.execute(
                     "UPDATE receipts SET state = 'IMPORTED', state_changed_at = ?,"
                     " image_set_id = ?, is_primary = ?, image_set_version = ?, reason = NULL,"
                     " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?) WHERE key = ?",
-                    (
-                        when,
-                        outcome.image_set_id,
-                        primary,
-                        outcome.image_set_version,
-                        batch_id,
-                        key,
-                    ),
+                    values,
                 )
                 conn.execute(
                     "UPDATE attempts SET ended_at = ?, outcome = 'IMPORTED', image_set_id = ?,"
                     " is_primary = ?, image_set_version = ?,"
                     " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?)"
                     " WHERE key = ? AND attempt = ?",
-                    (
-                        when,
-                        outcome.image_set_id,
-                        primary,
-                        outcome.image_set_version,
-                        batch_id,
-                        key,
-                        row.attempt,
-                    ),
+                    (*values, row.attempt),
                 )
                 done.add(key)
         return done
 
-    def mark_failed(
-        self,
-        keys: Iterable[str],
-        reason: str,
-        batch_id: str | None = None,
-        *,
-        at: float | None = None,
+    def _mark_failed(
+        self, keys: list[str], reason: str, batch_id: str | None, at: float
     ) -> set[str]:
-        """IMPORTING in `batch_id`'s job -> FAILED; or, without a batch, RECEIVED -> FAILED
-        at once. Returns the keys carrying this outcome after the call (replays included)."""
-        when = _now(at)
-        wanted = list(dict.fromkeys(keys))
         done: set[str] = set()
         with self._write() as conn:
-            rows = _load(conn, wanted)
-            for key in wanted:
+            rows = _load(conn, keys)
+            for key in keys:
                 row = rows.get(key)
                 if row is None:
                     continue
@@ -474,7 +464,7 @@ class SqliteTracker(TrackerConveniences):
                         if row.reason == reason:
                             done.add(key)  # a replay
                     elif row.state == State.RECEIVED:
-                        _fail_without_job(conn, row, reason, when)
+                        _fail_without_job(conn, row, reason, at)
                         done.add(key)
                     continue
                 if row.job_batch_id != batch_id:
@@ -485,23 +475,18 @@ class SqliteTracker(TrackerConveniences):
                     conn.execute(
                         "UPDATE receipts SET state = 'FAILED', state_changed_at = ?, reason = ?,"
                         " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?) WHERE key = ?",
-                        (when, reason, batch_id, key),
+                        (at, reason, batch_id, key),
                     )
                     conn.execute(
                         "UPDATE attempts SET ended_at = ?, outcome = 'FAILED', reason = ?,"
                         " job_id = (SELECT job_id FROM jobs WHERE batch_id = ?)"
                         " WHERE key = ? AND attempt = ?",
-                        (when, reason, batch_id, key, row.attempt),
+                        (at, reason, batch_id, key, row.attempt),
                     )
                     done.add(key)
         return done
 
-    def record_cleanup(
-        self, key: str, action: str, at: float | None = None, *, attempt: int | None = None
-    ) -> bool:
-        """Record the cleanup of a final receipt's object, beside its outcome and in its
-        newest attempt; the first record stays (a replay answers True for the same action)."""
-        when = _now(at)
+    def _record_cleanup(self, key: str, action: str, at: float, attempt: int | None) -> bool:
         with self._write() as conn:
             row = conn.execute(
                 "SELECT state, attempt, cleanup_action FROM receipts WHERE key = ?", (key,)
@@ -513,54 +498,31 @@ class SqliteTracker(TrackerConveniences):
             conn.execute(
                 "UPDATE receipts SET cleanup_action = ?, cleanup_at = ?,"
                 " cleanup_claimed_by = NULL, cleanup_claim_expires_at = NULL WHERE key = ?",
-                (action, when, key),
+                (action, at, key),
             )
             conn.execute(
                 "UPDATE attempts SET cleanup_action = ?, cleanup_at = ?"
                 " WHERE key = ? AND attempt = ?",
-                (action, when, key, row[1]),
+                (action, at, key, row[1]),
             )
             return True
 
-    def claim_cleanup(
-        self,
-        key: str,
-        attempt: int,
-        owner: str,
-        *,
-        lease_seconds: float,
-        now: float | None = None,
-    ) -> bool:
-        at = _now(now)
+    def _claim_cleanup(self, key: str, attempt: int, owner: str, until: float, at: float) -> bool:
         with self._lock:
             cursor = self._connection().execute(
                 "UPDATE receipts SET cleanup_claimed_by = ?, cleanup_claim_expires_at = ?"
                 " WHERE key = ? AND attempt = ? AND state IN (?, ?) AND cleanup_action IS NULL"
                 " AND (cleanup_claimed_by IS NULL OR cleanup_claimed_by = ?"
                 "      OR cleanup_claim_expires_at < ?)",
-                (owner, at + lease_seconds, key, attempt, *_FINAL, owner, at),
+                (owner, until, key, attempt, *_FINAL, owner, at),
             )
             return cursor.rowcount == 1
 
-    def cleanup_due(
-        self,
-        *,
-        keep_imported_seconds: float | None,
-        now: float | None = None,
-        limit: int = 100,
-    ) -> list[ReceiptStatus]:
-        at = _now(now)
-        due = self._due(State.FAILED, None, at, limit)
-        if keep_imported_seconds is not None:
-            due += self._due(State.IMPORTED, at - keep_imported_seconds, at, limit)
-        due.sort(key=lambda s: (s.state_changed_at, s.key))
-        return due[:limit]
-
-    def _due(
+    def _cleanup_due(
         self, state: State, cutoff: float | None, at: float, limit: int
     ) -> list[ReceiptStatus]:
-        """One state's outcomes whose cleanup is due, through the partial index (whose terms
-        are written here as in its definition, so that SQLite can use it)."""
+        """Through the partial index (whose terms are written here as in its definition, so
+        that SQLite can use it)."""
         rows = self._query(
             f"SELECT {_STATUS_COLUMNS} FROM receipts r INDEXED BY receipts_cleanup_due"
             " LEFT JOIN jobs j ON j.batch_id = r.job_batch_id"
@@ -641,27 +603,18 @@ class SqliteTracker(TrackerConveniences):
             counts.update({state: count for state, count in rows})
         return counts
 
-    def oldest_unimported_age(self, now: float | None = None) -> float | None:
+    def _oldest_unimported_received_at(self) -> float | None:
         rows = self._query(
             "SELECT MIN(received_at) FROM receipts WHERE state IN ('RECEIVED', 'IMPORTING')"
         )
-        oldest = rows[0][0]
-        return None if oldest is None else max(0.0, _now(now) - oldest)
+        oldest: float | None = rows[0][0]
+        return oldest
 
     # -- batches ----------------------------------------------------------------------------
 
-    def open_batch(
-        self,
-        batch_id: str,
-        prefix: str,
-        owner: str,
-        lease_seconds: float,
-        *,
-        now: float | None = None,
+    def _open_batch(
+        self, batch_id: str, prefix: str, owner: str, lease_seconds: float, at: float
     ) -> bool:
-        if not batch_id or not owner:
-            raise ValueError("a batch needs an id and an owner")
-        at = _now(now)
         with self._lock:
             cursor = self._connection().execute(
                 "INSERT INTO batches (batch_id, prefix, owner, state, lease_seconds,"
@@ -674,40 +627,32 @@ class SqliteTracker(TrackerConveniences):
             )
             return cursor.rowcount == 1
 
-    def renew_lease(self, owner: str, *, now: float | None = None) -> list[str]:
-        if not owner:
-            return []
+    def _renew_lease(self, owner: str, at: float) -> list[str]:
         with self._lock:
             rows = (
                 self._connection()
                 .execute(
                     "UPDATE batches SET lease_expires_at = ? + lease_seconds"
                     " WHERE owner = ? AND state = 'OPEN' RETURNING batch_id",
-                    (_now(now), owner),
+                    (at, owner),
                 )
                 .fetchall()
             )
-        return sorted(row[0] for row in rows)
+        return [row[0] for row in rows]
 
-    def record_associations(
-        self,
-        batch_id: str,
-        owner: str,
-        *,
-        open_associations: int,
-        last_association_end_at: float | None = None,
+    def _record_associations(
+        self, batch_id: str, owner: str, open_associations: int, last_end_at: float | None
     ) -> bool:
         with self._lock:
             cursor = self._connection().execute(
                 "UPDATE batches SET open_associations = ?,"
                 " last_association_end_at = COALESCE(?, last_association_end_at)"
-                " WHERE batch_id = ? AND owner = ? AND owner <> '' AND state = 'OPEN'",
-                (open_associations, last_association_end_at, batch_id, owner),
+                " WHERE batch_id = ? AND owner = ? AND state = 'OPEN'",
+                (open_associations, last_end_at, batch_id, owner),
             )
             return cursor.rowcount == 1
 
-    def seal_batch(self, batch_id: str, by: str, *, now: float | None = None) -> bool:
-        at = _now(now)
+    def _seal_batch(self, batch_id: str, by: str, at: float) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE batches SET state = 'SEALED', sealed_at = ?, sealed_by = ?"
@@ -722,35 +667,30 @@ class SqliteTracker(TrackerConveniences):
         return row is not None and row[0] == BatchState.SEALED and row[1] == by
 
     def batch(self, batch_id: str) -> Batch | None:
-        rows = self._query(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE batch_id = ?", (batch_id,))
-        return _batch(rows[0]) if rows else None
+        found = self._batches("WHERE batch_id = ?", (batch_id,))
+        return found[0] if found else None
 
     def open_batches(self) -> list[Batch]:
-        rows = self._query(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE state = 'OPEN'"
-            " ORDER BY opened_at, batch_id"
-        )
-        return [_batch(row) for row in rows]
+        return self._batches("WHERE state = 'OPEN' ORDER BY opened_at, batch_id")
 
     def sealed_batches_without_job(self) -> list[Batch]:
-        rows = self._query(
-            f"SELECT {_BATCH_COLUMNS} FROM batches b WHERE state = 'SEALED'"
-            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.batch_id)"
+        # INDEXED BY: left to itself, SQLite picks batches_by_state and reads every batch
+        # ever sealed. The partial index's terms are written as in its definition.
+        return self._batches(
+            "INDEXED BY batches_without_job WHERE state = 'SEALED' AND has_job = 0"
             " ORDER BY sealed_at, batch_id"
         )
-        return [_batch(row) for row in rows]
+
+    def _batches(self, clause: str, params: Sequence[Any] = ()) -> list[Batch]:
+        """SELECT the batches FROM batches `clause`."""
+        return [
+            _batch(row)
+            for row in self._query(f"SELECT {_BATCH_COLUMNS} FROM batches {clause}", params)
+        ]
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def record_job_start(
-        self,
-        batch_id: str,
-        client_token: str,
-        job_name: str,
-        *,
-        now: float | None = None,
-    ) -> bool:
-        at = _now(now)
+    def _record_job_start(self, batch_id: str, client_token: str, job_name: str, at: float) -> bool:
         with self._write() as conn:
             row = conn.execute(
                 "SELECT state, prefix FROM batches WHERE batch_id = ?", (batch_id,)
@@ -763,51 +703,31 @@ class SqliteTracker(TrackerConveniences):
                 " ON CONFLICT (batch_id) DO NOTHING",
                 (batch_id, row[1], client_token, job_name, at, at),
             )
+            conn.execute("UPDATE batches SET has_job = 1 WHERE batch_id = ?", (batch_id,))
             return cursor.rowcount == 1
 
-    def set_job_id(self, batch_id: str, job_id: str, *, submitted_at: float | None = None) -> bool:
-        at = _now(submitted_at)
+    def _set_job_id(self, batch_id: str, job_id: str, submitted_at: float) -> bool:
         with self._write() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET job_id = ?, status = 'SUBMITTED', submitted_at = ?,"
                 " updated_at = ? WHERE batch_id = ? AND job_id IS NULL AND status = 'STARTING'",
-                (job_id, at, time.time(), batch_id),
+                (job_id, submitted_at, time.time(), batch_id),
             )
             if cursor.rowcount == 1:
                 return True
             row = conn.execute("SELECT job_id FROM jobs WHERE batch_id = ?", (batch_id,)).fetchone()
         return row is not None and row[0] == job_id
 
-    def update_job(
-        self,
-        batch_id: str,
-        *,
-        status: JobStatus | None = None,
-        message: str | None = None,
-        counts: Mapping[str, int] | None = None,
-        output_uri: str | None = None,
-        ended_at: float | None = None,
-        results_at: float | None = None,
-        cleaned_at: float | None = None,
-        now: float | None = None,
+    def _update_job(
+        self, batch_id: str, changes: Mapping[str, Any], allowed: Sequence[str] | None
     ) -> bool:
-        changes: dict[str, Any] = {
-            "status": None if status is None else JobStatus(status).value,
-            "message": message,
-            "counts": None if counts is None else _dump_counts(counts),
-            "output_uri": output_uri,
-            "ended_at": ended_at,
-            "results_at": results_at,
-            "cleaned_at": cleaned_at,
-        }
-        sets = [f"{name} = ?" for name, value in changes.items() if value is not None]
-        values: list[Any] = [value for value in changes.values() if value is not None]
-        sets.append("updated_at = ?")
-        values.append(_now(now))
+        columns = dict(changes)
+        if "counts" in columns:
+            columns["counts"] = json.dumps(columns["counts"], sort_keys=True)
+        sets = [f"{name} = ?" for name in columns]
+        values: list[Any] = [*columns.values(), batch_id]
         where = "batch_id = ?"
-        values.append(batch_id)
-        if status is not None:
-            allowed = sorted(s.value for s in job_status_allowed_from(JobStatus(status)))
+        if allowed is not None:
             where += f" AND status IN ({', '.join('?' * len(allowed))})"
             values.extend(allowed)
         with self._lock:
@@ -817,22 +737,32 @@ class SqliteTracker(TrackerConveniences):
             return cursor.rowcount == 1
 
     def job(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
-        return _job(rows[0]) if rows else None
+        found = self._jobs("WHERE job_id = ?", (job_id,))
+        return found[0] if found else None
 
     def batch_job(self, batch_id: str) -> Job | None:
-        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id = ?", (batch_id,))
-        return _job(rows[0]) if rows else None
+        found = self._jobs("WHERE batch_id = ?", (batch_id,))
+        return found[0] if found else None
 
     def jobs(self, status: JobStatus | None = None) -> list[Job]:
         if status is None:
-            rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at, batch_id")
-        else:
-            rows = self._query(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = ? ORDER BY created_at, batch_id",
-                (JobStatus(status).value,),
-            )
-        return [_job(row) for row in rows]
+            return self._jobs("ORDER BY created_at, batch_id")
+        return self._jobs(
+            "WHERE status = ? ORDER BY created_at, batch_id", (JobStatus(status).value,)
+        )
+
+    def unfinished_jobs(self) -> list[Job]:
+        # Through the partial index (its terms written as in its definition): the finished
+        # jobs are never read.
+        return self._jobs(
+            "INDEXED BY jobs_unfinished WHERE results_at IS NULL ORDER BY created_at, batch_id"
+        )
+
+    def _jobs(self, clause: str, params: Sequence[Any] = ()) -> list[Job]:
+        """SELECT the jobs FROM jobs `clause`."""
+        return [
+            _job(row) for row in self._query(f"SELECT {_JOB_COLUMNS} FROM jobs {clause}", params)
+        ]
 
     def close(self) -> None:
         """Close the connection. Idempotent; the tracker cannot be used afterwards."""
@@ -859,15 +789,9 @@ class SqliteTracker(TrackerConveniences):
         self, conn: sqlite3.Connection, row: _Row, batch_id: str, retry: bool, at: float
     ) -> Admission:
         """Decide on, and apply, the admission of the newest receipt of an instance."""
-        if row.state == State.IMPORTING:
-            return Admission.ACCEPTED if row.job_batch_id == batch_id else Admission.BLOCKED
-        if row.state == State.IMPORTED:
-            return Admission.FINAL
-        if row.state == State.FAILED:
-            if row.is_superseded:
-                return Admission.SUPERSEDED
-            if not retry:
-                return Admission.FINAL
+        decided = admission_by_state(row.state, row.job_batch_id, row.reason, batch_id, retry)
+        if decided is not None:
+            return decided
         if row.sop_instance_uid:
             # INDEXED BY: left to itself, SQLite picks receipts_by_state here and scans every
             # IMPORTED (or IMPORTING) receipt for each receipt admitted, so admitting a batch
@@ -1032,11 +956,7 @@ class _Row:
 
     @property
     def is_superseded(self) -> bool:
-        return (
-            self.state == State.FAILED
-            and self.job_batch_id is None
-            and self.reason == SUPERSEDED_REASON
-        )
+        return is_superseded(self.state, self.job_batch_id, self.reason)
 
 
 def _load(conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, _Row]:
@@ -1103,16 +1023,8 @@ def _job(row: Sequence[Any]) -> Job:
     return Job(**values)
 
 
-def _dump_counts(counts: Mapping[str, int]) -> str:
-    return json.dumps({str(k): int(v) for k, v in sorted(counts.items())})
-
-
 def _bool(value: int | None) -> bool | None:
     return None if value is None else bool(value)
-
-
-def _now(value: float | None) -> float:
-    return time.time() if value is None else value
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
