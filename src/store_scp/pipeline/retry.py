@@ -32,6 +32,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .. import failpoints
 from ..storage.base import ObjectStore
 from ..storage.layout import job_object_key, quarantine_key, retry_prefix
 from ..tracking.base import SUPERSEDED_REASON, Admission, Job, ReceiptStatus, State, Tracker
@@ -156,6 +157,7 @@ def retry(
     prefix = retry_prefix(batch_id)
     if not tracker.open_batch(batch_id, prefix, owner, lease_seconds, now=now):
         raise RuntimeError(f"retry batch {batch_id} exists already")
+    failpoints.hit("retry.opened")
     result.batch_id = batch_id
     by_key = {c.key: c for c in candidates}
     pending = list(by_key)
@@ -177,12 +179,14 @@ def retry(
             elif answer is not Admission.WAITING:
                 result.refused.append(_refused(status, f"no longer FAILED ({answer.value})"))
     admitted = [s for s in (tracker.receipt_status(k) for k in accepted) if s is not None]
+    failpoints.hit("retry.admitted")
     missing = stage_retry_copies(tracker, store, batch_id, admitted)
     result.retried = [s for s in admitted if s.key not in missing]
     for status in admitted:
         if status.key in missing:
             result.refused.append(_refused(status, NO_COPY_REASON))
     tracker.seal_batch(batch_id, owner, now=now)
+    failpoints.hit("retry.sealed")
     log.info(
         "receipts retried",
         extra={
@@ -207,7 +211,9 @@ def stage_retry_copies(
         target = job_object_key(status.key, status.batch_id, batch_id)
         if store.exists(target):
             continue
-        if not _copy_from_any(tracker, store, status, target):
+        if _copy_from_any(tracker, store, status, target):
+            failpoints.hit("retry.copied")
+        else:
             missing.add(status.key)
     if missing:
         log.error(
