@@ -33,7 +33,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pydicom
@@ -441,15 +440,14 @@ def test_worker_killed_at_a_pipeline_step(
 # --- retry steps: `store-scp retry` of a FAILED job, and the worker that finishes it -------------
 
 
-def run_retry(env: dict[str, str], target: str) -> tuple[int, dict[str, Any] | str]:
-    out = subprocess.run(
+def run_retry(env: dict[str, str], target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "store_scp.cli", "retry", target, "--json"],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
-    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
 
 
 @pytest.mark.parametrize(
@@ -479,12 +477,9 @@ def test_retry_killed_at_a_step(
             if killed == "worker":
                 worker.terminate()
                 assert worker.wait(30) == 0
-            out = subprocess.run(
-                [sys.executable, "-m", "store_scp.cli", "retry", job_id],
-                env=armed_env if killed == "retry" else {**env, failpoints.ENV: "retry.admitted"},
-                capture_output=True,
-                text=True,
-                timeout=60,
+            out = run_retry(
+                armed_env if killed == "retry" else {**env, failpoints.ENV: "retry.admitted"},
+                job_id,
             )
             assert_killed_at(
                 point if killed == "retry" else "retry.admitted", out.returncode, out.stderr
@@ -500,8 +495,8 @@ def test_retry_killed_at_a_step(
 
             # Run again by the operator: a retry killed before any admission retries now;
             # else every receipt is refused, retried already.
-            code, again = run_retry(env, job_id)
-            assert isinstance(again, dict), again
+            out = run_retry(env, job_id)
+            code, again = out.returncode, json.loads(out.stdout)
             if point == "retry.opened":
                 assert code == 0 and len(again["retried"]) == 3, again
             else:
