@@ -127,7 +127,8 @@ def make_worker(
         cleanup=CleanupPolicy(
             keep_imported_seconds=None
             if settings.keep_imported_days is None
-            else settings.keep_imported_days * DAY
+            else settings.keep_imported_days * DAY,
+            lease_seconds=settings.cleanup_lease_seconds,
         ),
     )
     pipeline = Pipeline(

@@ -379,7 +379,14 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
             sys.exit(1)
     store = make_store(settings)
     try:
-        result = retry_receipts(tracker, store, chosen, owner=retry_owner(), now=time.time())
+        result = retry_receipts(
+            tracker,
+            store,
+            chosen,
+            owner=retry_owner(),
+            lease_seconds=settings.batch_lease_seconds,
+            now=time.time(),
+        )
     finally:
         close = getattr(store, "close", None)
         if close is not None:

@@ -70,7 +70,8 @@ Import pipeline
     ``STORE_SCP_BATCH_LEASE_SECONDS``,
     ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``,
     ``STORE_SCP_KEEP_IMPORTED_DAYS`` (days an imported object is kept before it is deleted;
-    0 = at once, ``forever`` = never; failed objects always go to quarantine).
+    0 = at once, ``forever`` = never; failed objects always go to quarantine),
+    ``STORE_SCP_CLEANUP_LEASE_SECONDS``.
 
 Logging
     ``STORE_SCP_LOG_LEVEL`` (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``),
@@ -496,8 +497,9 @@ class Settings(BaseSettings):
     batch_lease_seconds: float = Field(
         default=60.0,
         ge=3,
-        description="A receiver's open batch stays its own this long without a renewal "
-        "(renewed every third of it); once it lapses (the receiver died), any worker seals it.",
+        description="An open batch (a receiver's, or the one a `store-scp retry` fills) stays "
+        "its owner's this long without a renewal (a receiver renews it every third of it); once "
+        "it lapses (the owner died), any worker seals it.",
     )
     import_start_rate: float = Field(
         default=0.25, gt=0, description="StartDICOMImportJob calls per second, at most."
@@ -511,6 +513,13 @@ class Settings(BaseSettings):
         description="Days an imported object stays in the object store before it is deleted "
         "(0 = as soon as it is imported; `forever` = never deleted). Failed objects are moved "
         "to `quarantine/` at once, with a JSON note that says why.",
+    )
+    cleanup_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A worker's claim on one object's cleanup holds this long (longer than a "
+        "cleanup takes); if the worker dies holding it, another worker finishes that cleanup "
+        "once it lapses.",
     )
 
     # logging

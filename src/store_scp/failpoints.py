@@ -35,6 +35,13 @@ POINTS: dict[str, str] = {
     "worker.outputs_read": "the job's outputs are read; no receipt has its outcome yet",
     "worker.results_partial": "the imported receipts are marked; failed ones and counts are not",
     "worker.job_failed": "a FAILED job is recorded; its receipts are not marked FAILED yet",
+    "cleanup.note_written": "a FAILED object's quarantine note is written; the object is not moved",
+    "cleanup.moved": "the object is in quarantine; its other copies and the record are not done",
+    "cleanup.deleted": "an IMPORTED receipt's object (or a copy) is deleted; nothing is recorded",
+    "retry.opened": "a retry batch is open; no receipt is admitted into it yet",
+    "retry.admitted": "the retried receipts are IMPORTING in the retry batch; no copy is made",
+    "retry.copied": "one retried object is copied into its retry batch; the others are not yet",
+    "retry.sealed": "the retry batch is sealed; the retry has not answered",
 }
 
 

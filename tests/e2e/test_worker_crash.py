@@ -23,6 +23,8 @@ from tests.healthimaging_client import local_client
 from tests.serverproc import DCMTK, start_server
 
 DATASTORE_ID = "5c9d1ca15707e0000000000000000001"
+#: A killed worker's claim on a cleanup holds this long (120 s by default).
+CLEANUP_LEASE_SECONDS = 2
 
 
 def start_datastore(root: Path) -> tuple[subprocess.Popen[str], str]:
@@ -83,13 +85,15 @@ def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path
             AWS_ACCESS_KEY_ID="x",
             AWS_SECRET_ACCESS_KEY="x",
             STORE_SCP_KEEP_IMPORTED_DAYS="0",
+            STORE_SCP_CLEANUP_LEASE_SECONDS=str(CLEANUP_LEASE_SECONDS),
         )
         cmd = [sys.executable, "-m", "store_scp.cli", "worker"]
         log = (tmp_path / "worker.log").open("ab")
         kills = 0
         # A worker killed in the middle of a cleanup leaves its claim: the next one waits for
-        # the claim's lease to run out before it finishes that cleanup.
-        deadline = time.monotonic() + 90 + CleanupPolicy().lease_seconds
+        # the claim's lease to run out (then up to a cleanup pass interval) before it finishes
+        # that cleanup.
+        deadline = time.monotonic() + 90 + CLEANUP_LEASE_SECONDS + CleanupPolicy().interval_seconds
         while True:
             items = [i for s in studies for i in where(srv, s)]
             states = [i["state"] for i in items]

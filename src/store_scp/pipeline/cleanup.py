@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import metrics
+from .. import failpoints, metrics
 from ..storage.base import ObjectStore, StorageError
 from ..storage.layout import job_object_key, quarantine_key, quarantine_note_key
 from ..tracking.base import ReceiptStatus, State, Tracker
@@ -133,6 +133,7 @@ def _delete(tracker: Tracker, store: ObjectStore, status: ReceiptStatus) -> str:
         keys += [quarantine_key(status.key), quarantine_note_key(status.key)]
     for key in keys:
         store.delete(key)
+        failpoints.hit("cleanup.deleted")
     return "deleted"
 
 
@@ -142,6 +143,7 @@ def _quarantine(tracker: Tracker, store: ObjectStore, status: ReceiptStatus, now
     store.put_bytes(
         quarantine_note_key(status.key), note(status, now), content_type="application/json"
     )
+    failpoints.hit("cleanup.note_written")
     if not store.exists(target):
         for source in [status.key, *copies]:
             try:
@@ -152,6 +154,7 @@ def _quarantine(tracker: Tracker, store: ObjectStore, status: ReceiptStatus, now
         else:
             log.error("failed object found nowhere", extra={"key": status.key})
             return MISSING
+    failpoints.hit("cleanup.moved")
     for key in [status.key, *copies]:
         store.delete(key)
     return f"quarantined:{target}"

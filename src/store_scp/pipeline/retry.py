@@ -34,6 +34,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .. import failpoints
 from ..storage.base import ObjectStore
 from ..storage.layout import job_object_key, quarantine_key, retry_prefix
 from ..tracking.base import SUPERSEDED_REASON, Admission, Job, ReceiptStatus, State, Tracker
@@ -167,6 +168,7 @@ def retry(
         log.error("no retry batch could be opened", extra={"attempts": OPEN_ATTEMPTS})
         result.refused = [_refused(c, NO_BATCH_REASON) for c in candidates]
         return result
+    failpoints.hit("retry.opened")
     result.batch_id = batch_id
     by_key = {c.key: c for c in candidates}
     pending = list(by_key)
@@ -188,12 +190,14 @@ def retry(
             elif answer is not Admission.WAITING:
                 result.refused.append(_refused(status, f"no longer FAILED ({answer.value})"))
     admitted = [s for s in (tracker.receipt_status(k) for k in accepted) if s is not None]
+    failpoints.hit("retry.admitted")
     missing = stage_retry_copies(tracker, store, batch_id, admitted)
     result.retried = [s for s in admitted if s.key not in missing]
     for status in admitted:
         if status.key in missing:
             result.refused.append(_refused(status, NO_COPY_REASON))
     tracker.seal_batch(batch_id, owner, now=now)
+    failpoints.hit("retry.sealed")
     log.info(
         "receipts retried",
         extra={
@@ -227,7 +231,9 @@ def stage_retry_copies(
         target = job_object_key(status.key, status.batch_id, batch_id)
         if store.exists(target):
             continue
-        if not _copy_from_any(tracker, store, status, target):
+        if _copy_from_any(tracker, store, status, target):
+            failpoints.hit("retry.copied")
+        else:
             missing.add(status.key)
     if missing:
         log.error(
