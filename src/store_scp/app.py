@@ -54,7 +54,8 @@ def make_dynamodb_tracker(settings: Settings) -> DynamoDbTracker:
 
 
 def make_tracker(settings: Settings) -> Tracker:
-    """The configured tracker; raises TrackerError when DynamoDB tables are missing."""
+    """The configured tracker; raises TrackerError when DynamoDB tables or indexes are
+    missing."""
     if settings.tracker == "dynamodb":
         from .tracking.base import TrackerError
 
@@ -64,6 +65,12 @@ def make_tracker(settings: Settings) -> Tracker:
             raise TrackerError(
                 f"DynamoDB tracker tables missing: {', '.join(missing)}; create them with "
                 "`store-scp create-tables` (or deploy the CDK app)"
+            )
+        indexes = tracker.missing_indexes()
+        if indexes:
+            raise TrackerError(
+                f"DynamoDB tracker indexes missing: {', '.join(indexes)}; tables of an older "
+                "version: bring them up to date with `store-scp create-tables`"
             )
         return tracker
     from .tracking.sqlite import SqliteTracker

@@ -463,13 +463,16 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
 @main.command("create-tables")
 @click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
 def create_tables(config: Path | None) -> None:
-    """Create the DynamoDB tracker's six tables (on-demand capacity) where they are missing.
+    """Create the DynamoDB tracker's six tables (on-demand capacity) where they are missing,
+    and bring tables an older version made up to date: add the indexes they lack (one at a
+    time, each waited for until ACTIVE) and fill in the index attributes of items an older
+    version wrote. Run it once after each upgrade, before starting the new version; it can
+    run while servers run, and a second run changes nothing.
 
+    Prints each change on stdout (nothing when all was up to date), progress on stderr.
     For an on-premises gateway or a test account; an AWS deployment's CDK app creates them.
     Needs STORE_SCP_TRACKER=dynamodb; the tables are named STORE_SCP_DYNAMODB_TABLE_PREFIX-*.
     """
-    from dataclasses import astuple
-
     from .app import make_dynamodb_tracker
 
     settings = _settings(config)
@@ -479,12 +482,11 @@ def create_tables(config: Path | None) -> None:
         )
         sys.exit(2)
     tracker = make_dynamodb_tracker(settings)
-    missing = tracker.missing_tables()
-    tracker.create_tables()
-    for name in missing:
-        click.echo(f"created {name}")
-    there = len(astuple(tracker.tables)) - len(missing)
-    click.echo(f"{len(missing)} table(s) created, {there} already there", err=True)
+    changes = tracker.create_tables(progress=lambda line: click.echo(line, err=True))
+    for line in changes:
+        click.echo(line)
+    done = f"{len(changes)} change(s)" if changes else "nothing to change"
+    click.echo(f"the tracker tables are up to date: {done}", err=True)
 
 
 def _register_client_commands() -> None:

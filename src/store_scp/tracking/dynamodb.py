@@ -2,7 +2,14 @@
 
 The same contract as `tracking.sqlite` (tests/contract runs one suite against both), on six
 tables. Every table is on-demand (PAY_PER_REQUEST). The CDK app creates them in AWS with
-exactly the layout below; `DynamoDbTracker.create_tables()` creates them for tests and dev.
+exactly the layout below (`table_definitions`); `DynamoDbTracker.create_tables()` creates them
+for an on-premises gateway, tests and dev.
+
+Upgrades: indexes were added over time (``by_job`` and ``by_cleanup`` on receipts,
+``by_unfinished`` on jobs), and the code relies on their sparse attributes. `create_tables` also
+brings tables an older version made up to date: it fills in those attributes on the items that
+lack them, then adds each missing index. `missing_indexes` lets start-up refuse tables that are
+not up to date, as `missing_tables` does for missing ones.
 
 Tables and indexes
 ------------------
@@ -110,7 +117,13 @@ from store_scp.tracking.base import (
     is_superseded,
 )
 
-__all__ = ["COUNTER_SHARDS", "STATE_SHARDS", "DynamoDbTracker", "TableNames"]
+__all__ = [
+    "COUNTER_SHARDS",
+    "STATE_SHARDS",
+    "DynamoDbTracker",
+    "TableNames",
+    "table_definitions",
+]
 
 #: Shards of the sparse `by_state` index.
 STATE_SHARDS = 8
@@ -130,6 +143,8 @@ _MAX_ROUNDS = 12
 _EMPTY_KEY = "-"
 #: The `g_unfinished` value of a job whose results are not recorded yet.
 _UNFINISHED = "UNFINISHED"
+#: Seconds between two looks at a table whose index DynamoDB is building.
+_POLL_SECONDS = 5.0
 
 _T = TypeVar("_T")
 Item = dict[str, Any]  # an item as Python values
@@ -174,94 +189,41 @@ class DynamoDbTracker(Tracker):
 
     # -- tables ---------------------------------------------------------------------------
 
-    def create_tables(self, *, wait: bool = True) -> None:
-        """Create the six tables (on demand) with their indexes; existing ones are kept."""
-        t = self.tables
+    def create_tables(self, *, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Create the six tables (on demand) that are missing, and bring the others, made by
+        an older version, up to date: fill in the index attributes their items lack
+        (`_BACKFILLS`), then add every missing index. Returns what it changed, one line each
+        (none when all was up to date); `progress` hears each step as it starts.
 
-        def gsi(name: str, hash_key: str, range_key: str | None = None) -> dict[str, Any]:
-            schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
-            if range_key:
-                schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
-            return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
-
-        specs: list[dict[str, Any]] = [
-            {
-                "TableName": t.receipts,
-                "KeySchema": [{"AttributeName": "key", "KeyType": "HASH"}],
-                "AttributeDefinitions": _attributes(
-                    key="S",
-                    g_sop="S",
-                    g_series="S",
-                    g_study="S",
-                    g_batch="S",
-                    g_state="S",
-                    g_job="S",
-                    g_cleanup="S",
-                    received_at="N",
-                    state_changed_at="N",
-                ),
-                "GlobalSecondaryIndexes": [
-                    gsi("by_instance", "g_sop", "received_at"),
-                    gsi("by_series", "g_series", "received_at"),
-                    gsi("by_study", "g_study", "received_at"),
-                    gsi("by_batch", "g_batch", "key"),
-                    gsi("by_state", "g_state", "received_at"),
-                    gsi("by_job", "g_job", "key"),
-                    gsi("by_cleanup", "g_cleanup", "state_changed_at"),
-                ],
-            },
-            {
-                "TableName": t.attempts,
-                "KeySchema": [
-                    {"AttributeName": "key", "KeyType": "HASH"},
-                    {"AttributeName": "attempt", "KeyType": "RANGE"},
-                ],
-                "AttributeDefinitions": _attributes(key="S", attempt="N"),
-            },
-            {
-                "TableName": t.instances,
-                "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
-                "AttributeDefinitions": _attributes(sop_instance_uid="S"),
-            },
-            {
-                "TableName": t.batches,
-                "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
-                "AttributeDefinitions": _attributes(
-                    batch_id="S", g_phase="S", phase_at="N", g_owner="S"
-                ),
-                "GlobalSecondaryIndexes": [
-                    gsi("by_phase", "g_phase", "phase_at"),
-                    gsi("by_owner", "g_owner", "batch_id"),
-                ],
-            },
-            {
-                "TableName": t.jobs,
-                "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
-                "AttributeDefinitions": _attributes(
-                    batch_id="S", job_id="S", status="S", created_at="N", g_unfinished="S"
-                ),
-                "GlobalSecondaryIndexes": [
-                    gsi("by_job_id", "job_id"),
-                    gsi("by_status", "status", "created_at"),
-                    gsi("by_unfinished", "g_unfinished", "created_at"),
-                ],
-            },
-            {
-                "TableName": t.counters,
-                "KeySchema": [{"AttributeName": "shard", "KeyType": "HASH"}],
-                "AttributeDefinitions": _attributes(shard="N"),
-            },
-        ]
+        Idempotent, and safe beside running servers: a fill is a conditional write on the
+        attributes it was decided from, and DynamoDB builds an index online. Filling comes
+        first so that an interrupted run leaves an index missing, which the start-up check
+        reports, never an index that misses items. Adding an index waits until it is ACTIVE:
+        on a large table that takes a while; interrupted, the next run waits for it again."""
+        say = progress or (lambda _line: None)
+        specs = table_definitions(self.tables)
+        created: list[str] = []
         for spec in specs:
             try:
                 self._client.create_table(BillingMode="PAY_PER_REQUEST", **spec)
             except ClientError as exc:
                 if _code(exc) != "ResourceInUseException":
                     raise
-        if wait:
-            waiter = self._client.get_waiter("table_exists")
-            for spec in specs:
-                waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
+            else:
+                created.append(spec["TableName"])
+        changes = [f"created {name}" for name in created]
+        waiter = self._client.get_waiter("table_exists")
+        for spec in specs:
+            waiter.wait(TableName=spec["TableName"], WaiterConfig={"Delay": 1})
+        by_name = {spec["TableName"]: spec for spec in specs}
+        for backfill in _BACKFILLS:
+            table = getattr(self.tables, backfill.table)
+            if table not in created:
+                changes += self._backfill(by_name[table], backfill, say)
+        for spec in specs:
+            if spec["TableName"] not in created:
+                changes += self._add_indexes(spec, say)
+        return changes
 
     def missing_tables(self) -> list[str]:
         """The tables DescribeTable says do not exist. A table it cannot describe (access
@@ -275,6 +237,26 @@ class DynamoDbTracker(Tracker):
                     missing.append(name)
         return missing
 
+    def missing_indexes(self) -> list[str]:
+        """The indexes an existing table lacks (a table of an older version), or has but not
+        ACTIVE yet, as "<index> on <table>". A table DescribeTable cannot describe is left
+        out, as in `missing_tables`: missing there, or access denied (counts as complete)."""
+        missing = []
+        for spec in table_definitions(self.tables):
+            table = spec["TableName"]
+            if "GlobalSecondaryIndexes" not in spec:
+                continue
+            try:
+                statuses = _index_statuses(self._describe(table))
+            except ClientError:
+                continue
+            for index in spec["GlobalSecondaryIndexes"]:
+                status = statuses.get(index["IndexName"])
+                if status != "ACTIVE":
+                    state = f" ({status})" if status else ""
+                    missing.append(f"{index['IndexName']} on {table}{state}")
+        return missing
+
     def delete_tables(self) -> None:
         """Delete the six tables (tests and dev)."""
         for name in (getattr(self.tables, f.name) for f in fields(TableNames)):
@@ -283,6 +265,128 @@ class DynamoDbTracker(Tracker):
             except ClientError as exc:
                 if _code(exc) != "ResourceNotFoundException":
                     raise
+
+    def _describe(self, table: str) -> dict[str, Any]:
+        return dict(self._client.describe_table(TableName=table)["Table"])
+
+    def _backfill(
+        self, spec: Mapping[str, Any], backfill: _Backfill, say: Callable[[str], None]
+    ) -> list[str]:
+        """Scan a table and fill in the index attributes its items lack; one line per index
+        that gained items."""
+        table = spec["TableName"]
+        say(f"reading {table} for items written by an older version")
+        names = {f"#p{i}": name for i, name in enumerate(backfill.reads)}
+        filled: Counter[str] = Counter()
+        for item in self._items(
+            "scan",
+            TableName=table,
+            ProjectionExpression=", ".join(names),
+            ExpressionAttributeNames=names,
+        ):
+            filled.update(self._fill(table, backfill, item))
+        index_of = {
+            gsi["KeySchema"][0]["AttributeName"]: gsi["IndexName"]
+            for gsi in spec.get("GlobalSecondaryIndexes", [])
+        }
+        return [
+            f"filled in {attribute} on {count} item(s) of {table} (index {index_of[attribute]})"
+            for attribute, count in sorted(filled.items())
+        ]
+
+    def _fill(self, table: str, backfill: _Backfill, item: Item) -> list[str]:
+        """Set what `backfill.gaps` finds missing on one item, on condition that the
+        attributes it decided from are unchanged; if they changed, read the item again and
+        decide again. Returns the attributes it set."""
+        key_name = backfill.reads[0]
+        key = {key_name: item[key_name]}
+        for round_ in range(_MAX_ROUNDS):
+            gaps = backfill.gaps(item)
+            if not gaps:
+                return []
+            names: dict[str, str] = {}
+            values: Item = {}
+            unchanged: list[str] = []
+            for i, name in enumerate(backfill.reads):
+                names[f"#c{i}"] = name
+                if name in item:
+                    values[f":c{i}"] = item[name]
+                    unchanged.append(f"#c{i} = :c{i}")
+                else:
+                    unchanged.append(f"attribute_not_exists(#c{i})")
+            condition = (" AND ".join(unchanged), names, values)
+            update = self._update(table, key, set_=gaps, condition=condition)
+            if self._conditional_update(update):
+                return list(gaps)
+            fresh = self._get(table, key)
+            if fresh is None:
+                return []
+            item = fresh
+            _backoff(round_)
+        raise TrackerError(f"could not fill in the index attributes of an item of {table}")
+
+    def _add_indexes(self, spec: Mapping[str, Any], say: Callable[[str], None]) -> list[str]:
+        """Add the table's missing indexes one at a time (DynamoDB builds one at a time per
+        table), each only once the table and its indexes are ACTIVE; wait for the last."""
+        table = spec["TableName"]
+        added: list[str] = []
+        for index in spec.get("GlobalSecondaryIndexes", []):
+            name = index["IndexName"]
+            for round_ in range(_MAX_ROUNDS):
+                description = self._settled(table, say)
+                if name in _index_statuses(description):
+                    break
+                say(f"adding index {name} to {table}")
+                # The table's attribute definitions, and those of the new index's keys.
+                keys = {k["AttributeName"] for k in index["KeySchema"]}
+                definitions = {d["AttributeName"]: d for d in description["AttributeDefinitions"]}
+                for d in spec["AttributeDefinitions"]:
+                    if d["AttributeName"] in keys:
+                        definitions[d["AttributeName"]] = d
+                create = dict(index)
+                throughput = description.get("ProvisionedThroughput") or {}
+                if throughput.get("ReadCapacityUnits"):  # a provisioned table's index is too
+                    create["ProvisionedThroughput"] = {
+                        "ReadCapacityUnits": throughput["ReadCapacityUnits"],
+                        "WriteCapacityUnits": throughput["WriteCapacityUnits"],
+                    }
+                try:
+                    self._client.update_table(
+                        TableName=table,
+                        AttributeDefinitions=list(definitions.values()),
+                        GlobalSecondaryIndexUpdates=[{"Create": create}],
+                    )
+                except ClientError as exc:
+                    # Busy, or another run of create-tables added it first: look again.
+                    busy = _code(exc) in {"ResourceInUseException", "LimitExceededException"}
+                    if not busy and name not in _index_statuses(self._describe(table)):
+                        raise
+                    _backoff(round_)
+                    continue
+                added.append(f"added index {name} to {table}")
+                break
+            else:
+                raise TrackerError(f"could not add index {name} to {table}: the table is busy")
+        self._settled(table, say)
+        return added
+
+    def _settled(self, table: str, say: Callable[[str], None]) -> dict[str, Any]:
+        """Wait until the table and every index of it are ACTIVE; its description then."""
+        waiting: set[str] = set()
+        while True:
+            description = self._describe(table)
+            busy = {
+                name for name, status in _index_statuses(description).items() if status != "ACTIVE"
+            }
+            if description["TableStatus"] == "ACTIVE" and not busy:
+                return description
+            for name in sorted(busy - waiting):
+                say(
+                    f"waiting until index {name} of {table} is ACTIVE: DynamoDB fills it from"
+                    " the table's items, which takes a while on a large table"
+                )
+            waiting |= busy
+            time.sleep(_POLL_SECONDS)
 
     # -- receipts, as the receiver writes them ---------------------------------------------
 
@@ -1365,14 +1469,17 @@ class DynamoDbTracker(Tracker):
         )
 
     def _query_all(self, *, _operation: str = "query", **request: Any) -> list[Item]:
-        call = self._client.query if _operation == "query" else self._client.scan
-        items: list[Item] = []
+        return list(self._items(_operation, **request))
+
+    def _items(self, operation: str, **request: Any) -> Iterator[Item]:
+        """The items of a Query or Scan, page after page."""
+        call = self._client.query if operation == "query" else self._client.scan
         while True:
             response = call(**request)
-            items.extend(_item(raw) for raw in response.get("Items", []))
+            yield from (_item(raw) for raw in response.get("Items", []))
             last = response.get("LastEvaluatedKey")
             if not last:
-                return items
+                return
             request["ExclusiveStartKey"] = last
 
     def _job_ids(self, batch_ids: Iterable[str | None]) -> dict[str, str]:
@@ -1385,6 +1492,133 @@ class DynamoDbTracker(Tracker):
     def _statuses(self, items: Sequence[Item]) -> list[ReceiptStatus]:
         job_ids = self._job_ids(item.get("job_batch_id") for item in items)
         return [_status(item, job_ids) for item in items]
+
+
+def table_definitions(tables: TableNames) -> list[dict[str, Any]]:
+    """CreateTable arguments (but the billing mode) of the six tables, with every index."""
+    t = tables
+
+    def gsi(name: str, hash_key: str, range_key: str | None = None) -> dict[str, Any]:
+        schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        if range_key:
+            schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
+        return {"IndexName": name, "KeySchema": schema, "Projection": {"ProjectionType": "ALL"}}
+
+    return [
+        {
+            "TableName": t.receipts,
+            "KeySchema": [{"AttributeName": "key", "KeyType": "HASH"}],
+            "AttributeDefinitions": _attributes(
+                key="S",
+                g_sop="S",
+                g_series="S",
+                g_study="S",
+                g_batch="S",
+                g_state="S",
+                g_job="S",
+                g_cleanup="S",
+                received_at="N",
+                state_changed_at="N",
+            ),
+            "GlobalSecondaryIndexes": [
+                gsi("by_instance", "g_sop", "received_at"),
+                gsi("by_series", "g_series", "received_at"),
+                gsi("by_study", "g_study", "received_at"),
+                gsi("by_batch", "g_batch", "key"),
+                gsi("by_state", "g_state", "received_at"),
+                gsi("by_job", "g_job", "key"),
+                gsi("by_cleanup", "g_cleanup", "state_changed_at"),
+            ],
+        },
+        {
+            "TableName": t.attempts,
+            "KeySchema": [
+                {"AttributeName": "key", "KeyType": "HASH"},
+                {"AttributeName": "attempt", "KeyType": "RANGE"},
+            ],
+            "AttributeDefinitions": _attributes(key="S", attempt="N"),
+        },
+        {
+            "TableName": t.instances,
+            "KeySchema": [{"AttributeName": "sop_instance_uid", "KeyType": "HASH"}],
+            "AttributeDefinitions": _attributes(sop_instance_uid="S"),
+        },
+        {
+            "TableName": t.batches,
+            "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": _attributes(
+                batch_id="S", g_phase="S", phase_at="N", g_owner="S"
+            ),
+            "GlobalSecondaryIndexes": [
+                gsi("by_phase", "g_phase", "phase_at"),
+                gsi("by_owner", "g_owner", "batch_id"),
+            ],
+        },
+        {
+            "TableName": t.jobs,
+            "KeySchema": [{"AttributeName": "batch_id", "KeyType": "HASH"}],
+            "AttributeDefinitions": _attributes(
+                batch_id="S", job_id="S", status="S", created_at="N", g_unfinished="S"
+            ),
+            "GlobalSecondaryIndexes": [
+                gsi("by_job_id", "job_id"),
+                gsi("by_status", "status", "created_at"),
+                gsi("by_unfinished", "g_unfinished", "created_at"),
+            ],
+        },
+        {
+            "TableName": t.counters,
+            "KeySchema": [{"AttributeName": "shard", "KeyType": "HASH"}],
+            "AttributeDefinitions": _attributes(shard="N"),
+        },
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Backfill:
+    """Index attributes that items written by an older version lack: `gaps(item)` answers
+    them from the attributes `reads` (the table's key first), {} when there are none."""
+
+    table: str  # a TableNames field
+    reads: tuple[str, ...]
+    gaps: Callable[[Item], Item]
+
+
+def _receipt_gaps(item: Item) -> Item:
+    """`g_job` and `g_cleanup` (indexes `by_job`, `by_cleanup`), as the transitions set them."""
+    gaps: Item = {}
+    if item.get("job_batch_id") and "g_job" not in item:
+        gaps["g_job"] = item["job_batch_id"]
+    state = item.get("state")
+    if state in _FINAL and item.get("cleanup_action") is None and "g_cleanup" not in item:
+        gaps["g_cleanup"] = _state_key(State(state), item["key"])
+    return gaps
+
+
+def _job_gaps(item: Item) -> Item:
+    """`g_unfinished` (index `by_unfinished`) until the job's results are recorded."""
+    if item.get("results_at") is None and "g_unfinished" not in item:
+        return {"g_unfinished": _UNFINISHED}
+    return {}
+
+
+#: The sparse index attributes added after the first version, filled in by `create_tables`.
+_BACKFILLS = (
+    _Backfill(
+        "receipts",
+        ("key", "state", "job_batch_id", "cleanup_action", "g_job", "g_cleanup"),
+        _receipt_gaps,
+    ),
+    _Backfill("jobs", ("batch_id", "results_at", "g_unfinished"), _job_gaps),
+)
+
+
+def _index_statuses(description: Mapping[str, Any]) -> dict[str, str]:
+    """IndexStatus by index name, from a DescribeTable answer."""
+    return {
+        gsi["IndexName"]: str(gsi.get("IndexStatus", "ACTIVE"))
+        for gsi in description.get("GlobalSecondaryIndexes") or []
+    }
 
 
 # -- items -----------------------------------------------------------------------------------
