@@ -619,6 +619,14 @@ def _ancestors(path: str) -> Iterator[str]:
         d = posixpath.dirname(d)
 
 
+def _effect_line(call: Call) -> int:
+    """Where a call's effect on the descriptor table is visible: at its completion, except
+    close, which frees the descriptor on entry. Another thread may open a file and get the
+    same number before the close is logged as finished, and its open must not be undone by
+    that later completion."""
+    return call.start if call.name == "close" else call.end
+
+
 def analyze_trace(
     trace_path: str | Path,
     *,
@@ -630,7 +638,7 @@ def analyze_trace(
     with open(trace_path, encoding="utf-8", errors="surrogateescape") as f:
         calls = parse_calls(f, problems)
     model = _Model(thread_groups, problems)
-    for call in calls:  # completion order: the order their effects became visible
+    for call in sorted(calls, key=_effect_line):  # the order their effects became visible
         model.apply(call)
     violations: list[str] = []
     commits: list[Commit] = []

@@ -14,7 +14,6 @@ import random
 import shutil
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pynetdicom.dsutils import encode
 
 from tests.dicomfactory import secondary_capture
 from tests.integration.strace_order import analyze_trace, check_durability_order, strace_command
-from tests.serverproc import ServerProcess, start_server
+from tests.serverproc import DCMTK, ServerProcess, start_server
 
 N_OBJECTS = 20
 
@@ -139,6 +138,25 @@ def test_parser_uses_the_completion_of_an_interrupted_fsync(tmp_path: Path) -> N
         f"{UID} (C-STORE-RSP at line {len(GOOD) - 1}): "
         "the destination folder was fsynced only after the response"
     ]
+
+
+def test_parser_frees_a_descriptor_when_its_close_starts(tmp_path: Path) -> None:
+    # Seen with concurrent commits: thread 102 closes descriptor 19 and thread 101 gets the
+    # number 19 for the staging file before the close is logged as finished.
+    i = index(f"openat(AT_FDCWD, {hexs(STAGING)}, O_RDONLY")
+    calls = [
+        *GOOD[:i],
+        (102, f"openat(AT_FDCWD, {hexs(ROOT)}, O_RDONLY|O_CLOEXEC|O_DIRECTORY) = 19"),
+        (102, "close(19 <unfinished ...>"),
+        (101, f"openat(AT_FDCWD, {hexs(STAGING)}, O_RDONLY|O_CLOEXEC) = 19"),
+        (102, "<... close resumed>) = 0"),
+        *GOOD[i + 1 :],
+    ]
+    # GOOD's thread 100 closes 19 (its write descriptor) first; 102 then reuses the number.
+    analysis = analyze_trace(trace(tmp_path, calls), expected_uids=[UID])
+    assert analysis.violations == [] and analysis.problems == []
+    (commit,) = analysis.commits
+    assert commit.file_flush is not None
 
 
 def test_parser_finds_missing_fsyncs(tmp_path: Path) -> None:
@@ -265,12 +283,9 @@ def traced_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Tr
                 tracer.wait()
 
 
-def send_objects(
-    traced: Traced, count: int, *, seed: int | None = None, series: tuple[str, str] | None = None
-) -> None:
-    """`count` objects of 16 KB .. 512 KB over one association; every one must succeed.
-    `series`: (study, series) UIDs shared by every object, so their commits meet in a folder."""
-    rng = random.Random(count if seed is None else seed)
+def send_objects(traced: Traced, count: int) -> None:
+    """`count` objects of 16 KB .. 512 KB over one association; every one must succeed."""
+    rng = random.Random(count)
     ae = AE(ae_title="ORDER_TEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
@@ -279,8 +294,6 @@ def send_objects(
     try:
         for _ in range(count):
             ds = secondary_capture(rng, int(16 * 1024 * 32 ** rng.random()))
-            if series is not None:
-                ds.StudyInstanceUID, ds.SeriesInstanceUID = series
             raw = encode(ds, False, True)
             assert raw is not None
             rsp = assoc.send_c_store(ds)
@@ -315,26 +328,48 @@ def test_every_object_is_durable_before_its_success(traced_server: Traced) -> No
 
 
 @pytest.mark.parametrize("traced_server", [True], indirect=True, ids=["fsync"])
-def test_concurrent_commits_into_one_folder_are_each_durable(traced_server: Traced) -> None:
+def test_concurrent_commits_into_one_folder_are_each_durable(
+    traced_server: Traced, tmp_path: Path
+) -> None:
     """Several associations commit in worker threads into one series folder, where they may
     share folder fsyncs (group commit): each must still be covered by one that started after
-    its own rename and ended before its response."""
-    series = (generate_uid(), generate_uid())
-    errors: list[BaseException] = []
-
-    def sender(seed: int) -> None:
-        try:
-            send_objects(traced_server, 8, seed=seed, series=series)
-        except BaseException as exc:
-            errors.append(exc)
-
-    senders = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
-    for t in senders:
-        t.start()
-    for t in senders:
-        t.join(120)
+    its own rename and ended before its response. Four DCMTK storescu processes send."""
+    rng = random.Random(4)
+    study, series = generate_uid(), generate_uid()
+    folders = []
+    for sender in range(4):
+        folder = tmp_path / f"sender{sender}"
+        folder.mkdir()
+        folders.append(folder)
+        for n in range(8):
+            ds = secondary_capture(rng, int(16 * 1024 * 32 ** rng.random()))
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            raw = encode(ds, False, True)
+            assert raw is not None
+            traced_server.sent[str(ds.SOPInstanceUID)] = hashlib.sha256(raw).hexdigest()
+            ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    storescu = [
+        str(DCMTK / "storescu"),
+        "-aet",
+        "ORDER_TEST",
+        "-aec",
+        "STORE_SCP",
+        "+sd",
+        "127.0.0.1",
+    ]
+    senders = [
+        subprocess.Popen(
+            [*storescu, str(traced_server.server.port), str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        for folder in folders
+    ]
+    for proc in senders:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode(errors="replace")
     traced_server.server.stop()
-    assert errors == []
     assert len(traced_server.sent) == 32
     analysis = analyze_trace(
         traced_server.trace,
