@@ -144,6 +144,7 @@ class LocalDatastore(FaultHooks):
     def close(self) -> None:
         """Stop the job runner (running jobs finish first) and close the database."""
         self._runner.stop()
+        self._frames.close()
         self._stores.close()
         self._db.close()
 
