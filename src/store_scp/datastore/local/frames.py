@@ -190,7 +190,7 @@ class FrameStore:
                 os.close(fd)
                 raise
         except OSError as exc:
-            raise PixelError(f"The frame could not be stored: {exc.strerror}", True) from exc
+            raise PixelError(f"The frame could not be stored: {exc.strerror or exc}", True) from exc
         pending.add(fd, folder)
         return frame_id, rel
 

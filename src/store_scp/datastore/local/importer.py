@@ -137,11 +137,11 @@ class Importer:
                     failures.append(result)
                 else:
                     instances.append(result)
-            # Every frame durable before a version that references it is committed.
-            pending.sync()
-        except OSError as exc:
-            self.jobs.finish(job_id, "FAILED", f"The frames could not be made durable: {exc}")
-            return
+            try:  # every frame durable before a version that references it is committed
+                pending.sync()
+            except OSError as exc:
+                self.jobs.finish(job_id, "FAILED", f"The frames could not be made durable: {exc}")
+                return
         finally:
             pending.close()
 
