@@ -375,6 +375,7 @@ class TraceAnalysis:
 
 @dataclass(slots=True)
 class _Socket:
+    opened_at: int = 0  # log line of the accept that returned it
     buf: bytearray = field(default_factory=bytearray)
     buf_call: Call | None = None  # wrote the first byte of `buf`
     command: list[bytes] = field(default_factory=list)
@@ -443,12 +444,23 @@ class _Model:
 
     def _on_close(self, call: Call) -> None:
         fd = _fd(call.args)
-        if fd is not None:
-            self.table(call.tid).pop(fd, None)  # Linux frees the descriptor even on EINTR
+        if fd is None:
+            return
+        table = self.table(call.tid)
+        target = table.get(fd)
+        opened_at = (
+            target.call.end if isinstance(target, _Open) else target.opened_at if target else 0
+        )
+        # A close is applied at its completion, but the kernel frees the number in between: a
+        # call of another thread that returned the same number after this close was entered
+        # (`close(3 <unfinished ...>`, `openat(...) = 3`, `<... close resumed>`) got it anew.
+        if opened_at > call.start:
+            return
+        table.pop(fd, None)  # Linux frees the descriptor even on EINTR
 
     def _on_accept4(self, call: Call) -> None:
         if call.ok:
-            self.table(call.tid)[call.ret or 0] = _Socket()
+            self.table(call.tid)[call.ret or 0] = _Socket(opened_at=call.end)
 
     _on_accept = _on_accept4
 
