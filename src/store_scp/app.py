@@ -123,6 +123,7 @@ def make_worker(
             Path(settings.data_dir) / "datastore",
             fsync=settings.fsync,
             s3_endpoint_url=settings.s3_endpoint_url,
+            job_threads=settings.datastore_job_threads,
         )
     config = PipelineConfig(
         owner=owner,

@@ -66,6 +66,7 @@ Import pipeline
     ``STORE_SCP_IMPORT_OUTPUT_URI`` (``s3://bucket/prefix/`` for the job outputs),
     ``STORE_SCP_DATASTORE_API_BIND``, ``STORE_SCP_DATASTORE_API_PORT`` (the embedded
     datastore's HealthImaging API, loopback by default; -1 = disabled),
+    ``STORE_SCP_DATASTORE_JOB_THREADS`` (threads running its import jobs; 0 = from the cores),
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
     ``STORE_SCP_BATCH_LEASE_SECONDS``,
     ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``,
@@ -482,6 +483,14 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the embedded datastore's HealthImaging API (0 = chosen by the OS, "
         "-1 = disabled).",
+    )
+    datastore_job_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Threads that run the embedded datastore's import jobs (0 = half the cores, "
+        "at least 2 and at most 4: a job mostly holds Python's interpreter lock, which it "
+        "shares with the receiver of its process; more help when jobs wait on S3 input).",
     )
     seal_quiet_seconds: float = Field(
         default=10.0,

@@ -159,6 +159,24 @@ def test_parser_frees_a_descriptor_when_its_close_starts(tmp_path: Path) -> None
     assert commit.file_flush is not None
 
 
+def test_parser_keeps_a_number_reused_while_a_close_was_unfinished(tmp_path: Path) -> None:
+    # Another thread's close of 19 is entered, the kernel frees 19, the folder's openat gets it,
+    # and only then is the close's completion logged: it must not forget the folder's 19.
+    folder_open = index(f"openat(AT_FDCWD, {hexs(FOLDER)}")
+    calls = [
+        *GOOD[:folder_open],
+        (102, f"openat(AT_FDCWD, {hexs('/srv/other')}, O_RDONLY|O_CLOEXEC) = 19"),
+        (102, "close(19 <unfinished ...>"),
+        GOOD[folder_open],
+        (102, "<... close resumed>) = 0"),
+        *GOOD[folder_open + 1 :],
+    ]
+    analysis = analyze_trace(trace(tmp_path, calls), expected_uids=[UID])
+    assert analysis.violations == []
+    (commit,) = analysis.commits
+    assert commit.dir_flush is not None
+
+
 def test_parser_finds_missing_fsyncs(tmp_path: Path) -> None:
     calls = [c for c in GOOD if not c[1].startswith(("fsync", "<... fsync"))]
     violations = check_durability_order(trace(tmp_path, calls), expected_uids=[UID])

@@ -647,6 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         help="S3 endpoint for s3:// job input and output (default: AWS); credentials and "
         "region come from the environment, as for any boto3 client",
     )
+    parser.add_argument(
+        "--job-threads",
+        type=int,
+        default=0,
+        help="threads that run import jobs (default 0: half the cores, at least 2, at most 4)",
+    )
     parser.add_argument("--test-hooks", action="store_true", help="enable fault injection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -657,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             args.datastore_id,
             lossless_format=args.lossless_format,
             s3_endpoint_url=args.s3_endpoint_url,
+            job_threads=args.job_threads,
         )
         try:
             runner, port = await start_api_server(

@@ -16,6 +16,7 @@ What it copies from HealthImaging is documented in the AWS HealthImaging Develop
 - `ingest`: one input file: the rejections an import makes, each with its failure line;
 - `frames`: frames as stored (HTJ2K lossless when an encoder is installed, else the original
   encoding) and GetImageFrame's content types;
+- `durable`: a job's new frame files made durable together, before anything references them;
 - `metadata`: image set metadata in HealthImaging's JSON shape, element limits, DICOMTags;
 - `image_sets`: primary and non-primary image sets, versions, and reading them back;
 - `search`: SearchImageSets;

@@ -21,7 +21,7 @@ from .faults import FaultHooks
 from .frames import FrameStore, htj2k_codec
 from .image_sets import ImageSets
 from .importer import Importer, JobQuotas
-from .jobs import JobRunner, JobTable, StartThrottle, job_output_uri
+from .jobs import JobRunner, JobTable, StartThrottle, default_job_threads, job_output_uri
 from .object_stores import ObjectStoresByUri
 from .search import search_image_sets
 
@@ -42,7 +42,8 @@ class LocalDatastore(FaultHooks):
     encoding), "htj2k" (required: raises if the encoder is missing) or "original".
 
     `run_jobs=False` makes an instance that only submits and reads (another process runs the
-    jobs). `fsync=False` skips fsyncs of frame files (benchmarks only).
+    jobs); `job_threads` run them (0: `default_job_threads()`). `fsync=False` skips fsyncs of
+    frame files (benchmarks only).
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class LocalDatastore(FaultHooks):
         region: str = "us-east-1",
         account_id: str = "000000000000",
         run_jobs: bool = True,
-        job_threads: int = 2,
+        job_threads: int = 0,
         poll_interval: float = 0.2,
         max_concurrent_jobs: int = 100,
         max_files_per_job: int = 5000,
@@ -121,7 +122,7 @@ class LocalDatastore(FaultHooks):
             importer.run,
             held=lambda: self.jobs_held,
             stopping=self._stopping,
-            threads=job_threads,
+            threads=job_threads or default_job_threads(),
             poll_interval=poll_interval,
         )
         if run_jobs:
@@ -144,6 +145,7 @@ class LocalDatastore(FaultHooks):
     def close(self) -> None:
         """Stop the job runner (running jobs finish first) and close the database."""
         self._runner.stop()
+        self._frames.close()
         self._stores.close()
         self._db.close()
 

@@ -21,11 +21,15 @@ be decoded is a failure line.
 Each frame's metadata carries `PixelDataChecksumFromBaseToFullResolution` (a CRC32 of the
 decoded full-resolution frame: little-endian samples, interleaved colour; only the full
 resolution level is listed), `MinPixelValue`, `MaxPixelValue` and `FrameSizeInBytes`. Frame
-files live under `frames/`, one file per frame, written atomically.
+files live under `frames/`, one file per frame named by a fresh random id. They are written
+without fsync into the job's `PendingFiles` (see `durable`), which makes them durable before the
+image set versions that reference them are committed: a file that a crash left partial is never
+referenced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,6 +50,8 @@ from store_scp.datastore.rules import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     HTJ2K_LOSSLESS_RPCL,
 )
+
+from .durable import Flusher, PendingFiles, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +125,7 @@ def _decompositions(width: int, height: int) -> int:
 @dataclass(slots=True)
 class StoredFrame:
     frame_id: str
-    path: Path
+    path: str  # relative to the frames folder
     size: int
     meta: dict[str, Any]
 
@@ -135,12 +141,7 @@ def _number(value: Any) -> int | float:
     return int(value) if as_float.is_integer() else as_float
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 class FrameStore:
@@ -150,32 +151,47 @@ class FrameStore:
     def __init__(self, frames_dir: Path, codec: Any | None, *, fsync: bool = True) -> None:
         self.dir = frames_dir
         self.codec = codec
-        self.fsync = fsync
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flusher = Flusher(enabled=fsync)
+        self._dir = str(frames_dir)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if fsync:
+                fsync_dir(self.dir.parent)
 
     def read(self, rel: str) -> bytes:
         return (self.dir / rel).read_bytes()
 
-    def write(self, data: bytes) -> tuple[str, Path]:
+    def pending(self) -> PendingFiles:
+        """A job's pending frame files; the frames folder is synced with them (a sub-folder
+        created by any job is an entry in it)."""
+        return self.flusher.pending([self._dir])
+
+    def close(self) -> None:
+        self.flusher.close()
+
+    def write(self, data: bytes, pending: PendingFiles) -> tuple[str, str]:
+        """Write a new frame file (not yet durable: `pending` makes it so); (id, relative path)."""
         frame_id = uuid.uuid4().hex
-        rel = Path(frame_id[:2]) / frame_id
-        path = self.dir / rel
+        rel = f"{frame_id[:2]}/{frame_id}"
+        folder = os.path.join(self._dir, frame_id[:2])
+        path = os.path.join(self._dir, rel)
         try:
-            path.parent.mkdir()
-        except FileExistsError:
-            pass
-        else:
-            if self.fsync:
-                fsync_dir(self.dir)
-        tmp = path.with_name(f".{frame_id}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if self.fsync:
-            fsync_dir(path.parent)
+            try:
+                fd = os.open(path, _NEW_FILE, 0o644)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(folder)
+                fd = os.open(path, _NEW_FILE, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            raise PixelError(f"The frame could not be stored: {exc.strerror or exc}", True) from exc
+        pending.add(fd, folder)
         return frame_id, rel
 
     def encode_htj2k(self, arr: np.ndarray) -> bytes | None:
@@ -205,7 +221,7 @@ class FrameStore:
             raise PixelError("Pixel data verification failed: frames differ", server=True)
         return encoded
 
-    def store(self, ds: Dataset, ts: str) -> tuple[str, list[StoredFrame]]:
+    def store(self, ds: Dataset, ts: str, pending: PendingFiles) -> tuple[str, list[StoredFrame]]:
         if "PixelData" not in ds:
             return ts, []
         try:
@@ -223,7 +239,7 @@ class FrameStore:
         )
         if ts in _VIDEO_TRANSFER_SYNTAXES:
             video = b"".join(generate_fragments(ds.PixelData))
-            frame_id, rel = self.write(video)
+            frame_id, rel = self.write(video, pending)
             video_meta = {"ID": frame_id, "FrameSizeInBytes": len(video)}
             return ts, [StoredFrame(frame_id, rel, len(video), video_meta)]
         binary_seg = (
@@ -267,7 +283,7 @@ class FrameStore:
                     if frames and this_ts != stored_ts:
                         raise PixelError("Frames of one instance cannot be stored alike", True)
                     stored_ts = this_ts
-                frame_id, rel = self.write(data)
+                frame_id, rel = self.write(data, pending)
                 meta["ID"] = frame_id
                 frames.append(StoredFrame(frame_id, rel, len(data), meta))
         except PixelError:

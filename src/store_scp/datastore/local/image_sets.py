@@ -272,7 +272,7 @@ class ImageSets:
                     (
                         frame.frame_id,
                         image_set_id,
-                        frame.path.as_posix(),
+                        frame.path,
                         inst.stored_ts,
                         inst.content_type,
                     ),

@@ -8,8 +8,10 @@ Outputs land under `{output_uri}/{datastore_id}-DicomImport-{job_id}/`:
 line per failed file: `inputFile`, `exception.exceptionType`, `exception.message`). Both ndjson
 files are always written (empty when there is nothing to say); readers of real HealthImaging
 must tolerate their absence. The manifest is written last, so a reader that finds it finds the
-rest. Job-level quotas (endpoints-quotas.html): 5,000 files, 10 GB and 10,000 nested folders per
-job end the job FAILED (all configurable).
+rest. Frames are made durable once per job (see `durable`) before the image set versions that
+reference them are committed; the outputs are written after those commits, and the job is
+COMPLETED last. Job-level quotas (endpoints-quotas.html): 5,000 files, 10 GB and 10,000 nested
+folders per job end the job FAILED (all configurable).
 """
 
 from __future__ import annotations
@@ -121,14 +123,27 @@ class Importer:
 
         instances: list[Instance] = []
         failures: list[FileFailure] = []
-        for key in keys:
-            result = self.faults.file_fault(key) or ingest(
-                in_store, key, frames=self.frames, max_file_bytes=self.quotas.max_file_bytes
-            )
-            if isinstance(result, FileFailure):
-                failures.append(result)
-            else:
-                instances.append(result)
+        pending = self.frames.pending()
+        try:
+            for key in keys:
+                result = self.faults.file_fault(key) or ingest(
+                    in_store,
+                    key,
+                    frames=self.frames,
+                    pending=pending,
+                    max_file_bytes=self.quotas.max_file_bytes,
+                )
+                if isinstance(result, FileFailure):
+                    failures.append(result)
+                else:
+                    instances.append(result)
+            try:  # every frame durable before a version that references it is committed
+                pending.sync()
+            except OSError as exc:
+                self.jobs.finish(job_id, "FAILED", f"The frames could not be made durable: {exc}")
+                return
+        finally:
+            pending.close()
 
         placed = self.image_sets.place(instances, job_id)
 

@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 from store_scp.datastore.rules import _UID_SYNTAX, import_rejection
 from store_scp.storage.base import ObjectStore, StorageError
 
+from .durable import PendingFiles
 from .errors import INTERNAL, VALIDATION
 from .frames import FrameStore, PixelError, StoredFrame, content_type_for
 from .metadata import SERIES_KEYS, STUDY_KEYS, limit_violation, norm, split_levels
@@ -58,9 +59,15 @@ class FileFailure:
 
 
 def ingest(
-    store: ObjectStore, key: str, *, frames: FrameStore, max_file_bytes: int
+    store: ObjectStore,
+    key: str,
+    *,
+    frames: FrameStore,
+    pending: PendingFiles,
+    max_file_bytes: int,
 ) -> Instance | FileFailure:
-    """Read `key` from `store` and check it; store its frames in `frames`."""
+    """Read `key` from `store` and check it; store its frames in `frames` (durable once
+    `pending` is synced)."""
     try:
         with store.open(key) as f:
             data = f.read(max_file_bytes + 1)
@@ -95,7 +102,7 @@ def ingest(
     if reason is not None:
         return FileFailure(key, VALIDATION, reason)
     try:
-        stored_ts, stored_frames = frames.store(ds, ts)
+        stored_ts, stored_frames = frames.store(ds, ts, pending)
     except PixelError as exc:
         return FileFailure(key, VALIDATION if not exc.server else INTERNAL, str(exc), exc.server)
     return Instance(

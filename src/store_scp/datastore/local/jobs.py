@@ -41,6 +41,13 @@ _JOB_COLUMNS = (
 )
 
 
+def default_job_threads(cores: int | None = None) -> int:
+    """Half the cores, at least 2 (one job computes while another waits on its input, its
+    fsyncs or the database) and at most 4 (jobs mostly hold the interpreter lock)."""
+    cores = cores if cores is not None else os.cpu_count() or 1
+    return min(4, max(2, cores // 2))
+
+
 def job_output_uri(output_uri: str, datastore_id: str, job_id: str) -> str:
     """Where a job's outputs land: `{outputS3Uri}/{datastoreId}-DicomImport-{jobId}/`."""
     return f"{output_uri.rstrip('/')}/{datastore_id}-DicomImport-{job_id}/"
