@@ -11,11 +11,26 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
+
+
+def _cannot_start(exc: Exception) -> NoReturn:
+    click.echo(f"store-scp: cannot start: {exc}", err=True)
+    sys.exit(1)
+
+
+def _startup_errors() -> tuple[type[Exception], ...]:
+    """What opening the data folder, object store or tracker raises for a cause the operator
+    fixes (a wrong folder, no permission, a port in use, a damaged file): one line, no
+    traceback."""
+    from .storage.base import StorageError
+    from .tracking.base import TrackerError
+
+    return (OSError, StorageError, TrackerError)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:
@@ -86,7 +101,10 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     seconds to finish, then are aborted.
     """
     settings = _settings(config, **flags)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _cannot_start(exc)
     if settings.processes > 1:
         _serve_processes(settings, ready_file)
         return
@@ -96,7 +114,6 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
 def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path | None) -> None:
     from .app import install_event_loop_policy, serve
     from .logs import setup_logging
-    from .tracking.base import TrackerError
 
     setup_logging(settings.log_level, log_phi=settings.log_phi)
     install_event_loop_policy()
@@ -110,9 +127,8 @@ def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path 
                 ready_file=ready_file if index == 0 else None,
             )
         )
-    except (OSError, TrackerError) as exc:
-        click.echo(f"store-scp: cannot start: {exc}", err=True)
-        sys.exit(1)
+    except _startup_errors() as exc:
+        _cannot_start(exc)
 
 
 def _serve_processes(settings: Any, ready_file: Path | None) -> None:
@@ -198,11 +214,10 @@ def _open_tracker(data_dir: Path | None) -> Any:
 
 def _make_tracker(settings: Any) -> Any:
     from .app import make_tracker
-    from .tracking.base import TrackerError
 
     try:
         return make_tracker(settings)
-    except TrackerError as exc:
+    except _startup_errors() as exc:
         click.echo(f"store-scp: {exc}", err=True)
         sys.exit(1)
 
@@ -377,7 +392,12 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
                 f"store-scp: {target}: no such job, and nothing received with this UID", err=True
             )
             sys.exit(1)
-    store = make_store(settings)
+    try:
+        store = make_store(settings)
+    except _startup_errors() as exc:
+        tracker.close()
+        click.echo(f"store-scp: {exc}", err=True)
+        sys.exit(1)
     try:
         result = retry_receipts(tracker, store, chosen, owner=retry_owner(), now=time.time())
     finally:
@@ -435,15 +455,18 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
     tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver
     died, starts import jobs, records results, deletes imported objects after
     STORE_SCP_KEEP_IMPORTED_DAYS and quarantines failed ones. Stop with SIGTERM or Ctrl-C."""
-    from .app import make_store, make_worker
+    from .app import make_store, make_tracker, make_worker
     from .logs import setup_logging
 
     settings = _settings(config, data_dir=data_dir)
     setup_logging(settings.log_level, log_phi=settings.log_phi)
-    store = make_store(settings)
-    tracker = _make_tracker(settings)
     owner = f"worker-{os.getpid():x}"
-    pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
+    try:
+        store = make_store(settings)
+        tracker = make_tracker(settings)
+        pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
+    except _startup_errors() as exc:
+        _cannot_start(exc)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,0 +1,49 @@
+"""What an operator sees after a wrong input: one line that names the problem, the exit status
+the help documents, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Loopback, ports chosen by the OS, no probe or datastore API: nothing here may start.
+SERVE = ["serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "-1"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STORE_SCP_")}
+    full_env.update({"STORE_SCP_DATASTORE_API_PORT": "-1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "store_scp.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=30,
+    )
+
+
+def one_line_error(out: subprocess.CompletedProcess[str], code: int) -> str:
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr
+    [line] = [line for line in out.stderr.splitlines() if not line.startswith("{")]
+    return line
+
+
+@pytest.mark.parametrize("command", [SERVE, ["worker"]])
+def test_a_data_folder_that_cannot_be_made(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    out = run(*command, "--data-dir", str(tmp_path / "a-file" / "data"))
+    line = one_line_error(out, 1)
+    assert line.startswith("store-scp: cannot start: ") and "a-file" in line
+
+
+@pytest.mark.parametrize("command", [SERVE, ["worker"], ["where", "1.2.3"], ["jobs"]])
+def test_a_damaged_tracker_database(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "tracker.sqlite3").write_bytes(b"not a database, whatever it was" * 100)
+    out = run(*command, "--data-dir", str(tmp_path))
+    line = one_line_error(out, 1)
+    assert f"tracker database {tmp_path / 'tracker.sqlite3'}: file is not a database" in line
