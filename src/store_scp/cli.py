@@ -54,8 +54,15 @@ def main() -> None:
     """
 
 
+_config_option = click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file of settings [env STORE_SCP_CONFIG].",
+)
+
+
 @main.command()
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 @click.option("--port", type=int, help="Plain DICOM port [env STORE_SCP_PORT; 11112].")
 @click.option("--bind", help="Address to listen on [env STORE_SCP_BIND; 0.0.0.0].")
 @click.option("--ae-title", help="Our AE title [env STORE_SCP_AE_TITLE; STORE_SCP].")
@@ -201,11 +208,10 @@ _read_data_dir_option = _data_dir_option("The data folder of the server to read"
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
-def _open_tracker(data_dir: Path | None) -> Any:
+def _open_tracker(settings: Any) -> Any:
     """The configured tracker (STORE_SCP_TRACKER): the SQLite file of DATA_DIR, or DynamoDB."""
     from .app import tracker_path
 
-    settings = _settings(None, data_dir=data_dir)
     if settings.tracker == "sqlite" and not tracker_path(settings).exists():
         click.echo(f"store-scp: no tracker database under {settings.data_dir}", err=True)
         sys.exit(1)
@@ -261,15 +267,18 @@ def _attempt_item(a: Any) -> dict[str, Any]:
 @click.option(
     "--history", is_flag=True, help="Every attempt of each instance's newest receipt, too."
 )
+@_config_option
 @_read_data_dir_option
 @_json_option
-def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None:
+def where(
+    uid: str, history: bool, config: Path | None, data_dir: Path | None, as_json: bool
+) -> None:
     """Where a study, series or SOP instance is: state, image set, job, reason, and what was
     done with its object (deleted after import, quarantined after a failure).
 
     One line per SOP instance (its newest receipt).
     """
-    tracker = _open_tracker(data_dir)
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
     items = []
     for r in tracker.where(uid):
         item = _instance_item(r)
@@ -300,11 +309,12 @@ def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None
 
 
 @main.command()
+@_config_option
 @_read_data_dir_option
 @_json_option
-def failures(data_dir: Path | None, as_json: bool) -> None:
+def failures(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """SOP instances whose newest receipt failed, and why."""
-    tracker = _open_tracker(data_dir)
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
     items = [_instance_item(r) for r in tracker.failures()]
     tracker.close()
     if as_json:
@@ -321,13 +331,14 @@ def failures(data_dir: Path | None, as_json: bool) -> None:
     type=click.Choice(["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"]),
     help="Only jobs with this status.",
 )
+@_config_option
 @_read_data_dir_option
 @_json_option
-def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
+def jobs(status: str | None, config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """Import jobs, oldest first."""
     from .tracking.base import JobStatus
 
-    tracker = _open_tracker(data_dir)
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
     records = tracker.jobs(JobStatus(status) if status else None)
     tracker.close()
     items = [
@@ -353,13 +364,14 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("target", metavar="JOB|UID")
+@_config_option
 @_data_dir_option(
     "The data folder of the server whose receipts to retry. The retry writes to it: the new"
     " attempts into its tracker, copies of the objects into a retry batch (DynamoDB and S3"
     " instead, where configured)"
 )
 @_json_option
-def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
+def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """Retry FAILED receipts: a new attempt on each, imported from a new batch.
 
     JOB (an import job id, or the batch id `jobs` lists): the job's FAILED receipts. UID (a
@@ -377,8 +389,8 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
     from .pipeline.retry import Refused, retry_owner, select_for_job, select_for_uid
     from .pipeline.retry import retry as retry_receipts
 
-    tracker = _open_tracker(data_dir)
-    settings = _settings(None, data_dir=data_dir)
+    settings = _settings(config, data_dir=data_dir)
+    tracker = _open_tracker(settings)
     job = tracker.job(target) or tracker.batch_job(target)
     if job is not None:
         chosen, refused = select_for_job(tracker, job)
@@ -445,7 +457,7 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 @_data_dir_option(
     "The data folder shared with the receivers. The pipeline reads and writes its tracker and"
     " objects (DynamoDB and S3 instead, where configured)"
@@ -477,7 +489,7 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
 
 
 @main.command("create-tables")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 def create_tables(config: Path | None) -> None:
     """Create the DynamoDB tracker's six tables (on-demand capacity) where they are missing.
 

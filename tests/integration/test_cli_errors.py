@@ -3,12 +3,15 @@ the help documents, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from store_scp.tracking.sqlite import SqliteTracker
 
 # Loopback, ports chosen by the OS, no probe or datastore API: nothing here may start.
 SERVE = ["serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "-1"]
@@ -47,3 +50,21 @@ def test_a_damaged_tracker_database(tmp_path: Path, command: list[str]) -> None:
     out = run(*command, "--data-dir", str(tmp_path))
     line = one_line_error(out, 1)
     assert f"tracker database {tmp_path / 'tracker.sqlite3'}: file is not a database" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [(["where", "1.2.3"], 1), (["jobs"], 0), (["failures"], 0), (["retry", "1.2.3"], 1)],
+)
+def test_the_read_commands_take_the_servers_toml_file(
+    tmp_path: Path, command: list[str], code: int
+) -> None:
+    """`serve --config FILE` keeps its data where FILE says; the commands that read it take
+    the same FILE."""
+    data_dir = tmp_path / "somewhere-else"
+    SqliteTracker(data_dir / "tracker.sqlite3").close()
+    config = tmp_path / "store-scp.toml"
+    config.write_text(f"data_dir = {json.dumps(str(data_dir))}\n")
+    out = run(*command, "--json", "--config", str(config))
+    assert out.returncode == code, out.stderr
+    assert "no tracker database" not in out.stderr and "Traceback" not in out.stderr
