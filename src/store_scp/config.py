@@ -136,7 +136,8 @@ def env_var(field_name: str) -> str:
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid; ``str()`` holds one ``STORE_SCP_FIELD: message`` a line."""
+    """The configuration is invalid; ``str()`` holds one ``STORE_SCP_FIELD: message`` a line
+    (``field in FILE: message`` for a value from the TOML file)."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
@@ -543,11 +544,11 @@ class Settings(BaseSettings):
         """
         given = {name: value for name, value in overrides.items() if value is not None}
         path = Path(config_file) if config_file is not None else None
-        try:
-            with _config_file(path):
+        with _config_file(path):
+            try:
                 return cls(**given)
-        except ValidationError as exc:
-            raise ConfigError(_problems(exc)) from None
+            except ValidationError as exc:
+                raise ConfigError(_problems(exc, given=given, toml=_config_path())) from None
 
     # ---------------------------------------------------------------------------- properties
 
@@ -893,13 +894,28 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _toml_keys(path: Path | None) -> set[str]:
+    try:
+        return set(tomllib.loads(path.read_text())) if path is not None else set()
+    except (OSError, ValueError):
+        return set()
+
+
+def _problems(
+    exc: ValidationError, *, given: Mapping[str, Any], toml: Path | None
+) -> list[tuple[str, str]]:
+    """One (where, message) per error: a value from the TOML file is named by its key in that
+    file, any other by its environment variable."""
+    in_toml = _toml_keys(toml) - set(given)
+    environment = {name.upper() for name in os.environ}
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         ctx = error.get("ctx") or {}
         field = str(loc[0]) if loc else str(ctx.get("field", ""))
         var = env_var(field) if field else ENV_PREFIX.rstrip("_")
+        if field in in_toml and var not in environment:
+            var = f"{field} in {toml}"
         if error["type"] == "extra_forbidden":
             problems.append((var, "unknown setting"))
             continue
