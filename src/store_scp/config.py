@@ -79,6 +79,7 @@ Logging
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -544,11 +545,17 @@ class Settings(BaseSettings):
         """
         given = {name: value for name, value in overrides.items() if value is not None}
         path = Path(config_file) if config_file is not None else None
+        problems = _unknown_variables()
         with _config_file(path):
             try:
-                return cls(**given)
+                settings = cls(**given)
             except ValidationError as exc:
-                raise ConfigError(_problems(exc, given=given, toml=_config_path())) from None
+                problems += _problems(exc, given=given, toml=_config_path())
+            except ConfigError as exc:  # the TOML file is missing or unreadable
+                problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
     # ---------------------------------------------------------------------------- properties
 
@@ -892,6 +899,25 @@ class Settings(BaseSettings):
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: STORE_SCP_* variables that are not settings: the TOML file, the crash tests' fail points.
+_NOT_SETTINGS = frozenset({CONFIG_ENV, "STORE_SCP_FAILPOINTS"})
+
+
+def _unknown_variables() -> list[tuple[str, str]]:
+    """STORE_SCP_* variables that name no setting: a misspelt one would be ignored, and with
+    it the setting the operator meant (an allow-list, say)."""
+    known = sorted({env_var(name) for name in Settings.model_fields} | _NOT_SETTINGS)
+    suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+    problems = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            problems.append((name, f"unknown setting{hint}"))
+    return problems
 
 
 def _toml_keys(path: Path | None) -> set[str]:

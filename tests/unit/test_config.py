@@ -193,6 +193,20 @@ def test_toml_unknown_key(tmp_path: Path) -> None:
     assert lines_of(exc) == [f"prot in {path}: unknown setting"]
 
 
+def test_a_misspelt_variable_stops_start_up(clean_env: pytest.MonkeyPatch) -> None:
+    """Ignored, it would leave the setting meant at its default: here, any calling AE."""
+    clean_env.setenv("STORE_SCP_ALLOWED_CALLING_AE", "CT1")
+    clean_env.setenv("STORE_SCP_ZZZ", "1")
+    clean_env.setenv("STORE_SCP_FAILPOINTS", "")  # not a setting, but ours
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert lines_of(exc) == [
+        "STORE_SCP_ALLOWED_CALLING_AE: unknown setting;"
+        " did you mean STORE_SCP_ALLOWED_CALLING_AES?",
+        "STORE_SCP_ZZZ: unknown setting",
+    ]
+
+
 def test_a_bad_value_is_named_where_it_was_given(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
