@@ -328,7 +328,9 @@ def failures(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
 @main.command()
 @click.option(
     "--status",
-    type=click.Choice(["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"]),
+    type=click.Choice(
+        ["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"], case_sensitive=False
+    ),
     help="Only jobs with this status.",
 )
 @_config_option
@@ -339,7 +341,7 @@ def jobs(status: str | None, config: Path | None, data_dir: Path | None, as_json
     from .tracking.base import JobStatus
 
     tracker = _open_tracker(_settings(config, data_dir=data_dir))
-    records = tracker.jobs(JobStatus(status) if status else None)
+    records = tracker.jobs(JobStatus(status.upper()) if status else None)
     tracker.close()
     items = [
         {
@@ -359,7 +361,9 @@ def jobs(status: str | None, config: Path | None, data_dir: Path | None, as_json
         return
     for it in items:
         counts = " ".join(f"{k}={v}" for k, v in it["counts"].items())
-        click.echo(f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}")
+        line = f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}"
+        # Why a job failed (or why its start keeps failing) is what the operator came for.
+        click.echo(f"{line}  {it['message']}" if it["message"] else line)
 
 
 @main.command()

@@ -1,5 +1,5 @@
-"""What an operator sees after a wrong input: one line that names the problem, the exit status
-the help documents, never a traceback."""
+"""What an operator sees: after a wrong input, one line that names the problem, the exit
+status the help documents, never a traceback; and what they came for in the answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from store_scp.cli import main
+from store_scp.tracking.base import JobStatus
 from store_scp.tracking.sqlite import SqliteTracker
 
 # Loopback, ports chosen by the OS, no probe or datastore API: nothing here may start.
@@ -68,3 +71,23 @@ def test_the_read_commands_take_the_servers_toml_file(
     out = run(*command, "--json", "--config", str(config))
     assert out.returncode == code, out.stderr
     assert "no tracker database" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_jobs_says_why_a_job_failed(tmp_path: Path) -> None:
+    tracker = SqliteTracker(tmp_path / "tracker.sqlite3")
+    for batch_id, status, message in [
+        ("b-ok", JobStatus.COMPLETED, ""),
+        ("b-bad", JobStatus.FAILED, "import job failed: the role cannot read the input"),
+    ]:
+        tracker.open_batch(batch_id, f"{batch_id}/", "receiver", 60)
+        tracker.seal_batch(batch_id, "receiver")
+        tracker.record_job_start(batch_id, f"token-{batch_id}", f"name-{batch_id}")
+        tracker.set_job_id(batch_id, f"job-{batch_id}")
+        tracker.update_job(batch_id, status=status, message=message)
+    tracker.close()
+    # The status as the operator types it, in either case.
+    out = CliRunner().invoke(main, ["jobs", "--status", "failed", "--data-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    [line] = out.stdout.splitlines()
+    assert line.split()[:3] == ["b-bad", "FAILED", "job-b-bad"]
+    assert line.endswith("  import job failed: the role cannot read the input")
