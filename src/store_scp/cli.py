@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -472,7 +473,7 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
     died, starts import jobs, records results, deletes imported objects after
     STORE_SCP_KEEP_IMPORTED_DAYS and quarantines failed ones. Stop with SIGTERM or Ctrl-C."""
     from .app import make_store, make_tracker, make_worker
-    from .logs import setup_logging
+    from .logs import log_event, setup_logging
 
     settings = _settings(config, data_dir=data_dir)
     setup_logging(settings.log_level, log_phi=settings.log_phi)
@@ -487,9 +488,22 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     pipeline_worker.start()
+    # Which data folder and adapters it runs on: a wrong --data-dir shows here.
+    log_event(
+        logging.getLogger("store_scp.worker"),
+        "INFO",
+        "worker running",
+        owner=owner,
+        data_dir=str(Path(settings.data_dir).absolute()),
+        object_store=settings.object_store,
+        tracker=settings.tracker,
+        datastore=settings.datastore,
+        pid=os.getpid(),
+    )
     stop.wait()
     pipeline_worker.stop()
     tracker.close()
+    logging.getLogger("store_scp.worker").info("worker stopped")
 
 
 @main.command("create-tables")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,30 @@ def test_jobs_says_why_a_job_failed(tmp_path: Path) -> None:
     [line] = out.stdout.splitlines()
     assert line.split()[:3] == ["b-bad", "FAILED", "job-b-bad"]
     assert line.endswith("  import job failed: the role cannot read the input")
+
+
+def test_the_worker_says_what_it_runs_on_and_when_it_stops(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORE_SCP_")}
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "store_scp.cli", "worker", "--data-dir", str(tmp_path)],
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "worker running" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    [running] = [r for r in records if r["msg"] == "worker running"]
+    assert running["data_dir"] == str(tmp_path.absolute())
+    assert (running["object_store"], running["tracker"], running["datastore"]) == (
+        "local",
+        "sqlite",
+        "local",
+    )
+    assert records[-1]["msg"] == "worker stopped"
