@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -229,6 +230,9 @@ def _make_tracker(settings: Any) -> Any:
         sys.exit(1)
 
 
+_UID_LIKE = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
 def _instance_item(r: Any) -> dict[str, Any]:
     return {
         "sop_instance_uid": r.sop_instance_uid,
@@ -277,8 +281,10 @@ def where(
     """Where a study, series or SOP instance is: state, image set, job, reason, and what was
     done with its object (deleted after import, quarantined after a failure).
 
-    One line per SOP instance (its newest receipt).
+    One line per SOP instance (its newest receipt). Exits 1 when nothing was received with
+    this UID.
     """
+    uid = uid.strip()  # pasted with the spaces around it
     tracker = _open_tracker(_settings(config, data_dir=data_dir))
     items = []
     for r in tracker.where(uid):
@@ -291,7 +297,8 @@ def where(
         click.echo(json.dumps({"uid": uid, "instances": items}, indent=2))
     else:
         if not items:
-            click.echo(f"{uid}: not received")
+            hint = "" if _UID_LIKE.fullmatch(uid) else " (a UID is digits and dots)"
+            click.echo(f"{uid}: not received{hint}")
         for it in items:
             where_to = it["image_set_id"] or ""
             if it["is_primary"] is False:
@@ -394,6 +401,7 @@ def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool
     from .pipeline.retry import Refused, retry_owner, select_for_job, select_for_uid
     from .pipeline.retry import retry as retry_receipts
 
+    target = target.strip()  # pasted with the spaces around it
     settings = _settings(config, data_dir=data_dir)
     tracker = _open_tracker(settings)
     job = tracker.job(target) or tracker.batch_job(target)

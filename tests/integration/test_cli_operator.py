@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from store_scp.cli import main
-from store_scp.tracking.base import JobStatus
+from store_scp.tracking.base import JobStatus, Receipt
 from store_scp.tracking.sqlite import SqliteTracker
 
 # Loopback, ports chosen by the OS, no probe or datastore API: nothing here may start.
@@ -120,3 +120,31 @@ def test_the_worker_says_what_it_runs_on_and_when_it_stops(tmp_path: Path) -> No
         "local",
     )
     assert records[-1]["msg"] == "worker stopped"
+
+
+def test_where_takes_a_pasted_uid_and_says_what_a_uid_looks_like(tmp_path: Path) -> None:
+    sop, series, study = "1.2.826.0.1.3", "1.2.826.0.1.2", "1.2.826.0.1.1"
+    tracker = SqliteTracker(tmp_path / "tracker.sqlite3")
+    tracker.record_receipt(
+        Receipt(
+            key=f"b1/{study}/{series}/{sop}.dcm",
+            batch_id="b1",
+            sop_instance_uid=sop,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            study_instance_uid=study,
+            series_instance_uid=series,
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            size=1,
+            sha256="0" * 64,
+            calling_ae="CT1",
+            peer="",
+            received_at=1.0,
+        )
+    )
+    tracker.close()
+    data_dir = ["--data-dir", str(tmp_path)]
+    out = CliRunner().invoke(main, ["where", f" {series}\t", *data_dir])
+    assert out.exit_code == 0 and out.stdout.split()[:2] == [sop, "RECEIVED"], out.output
+    out = CliRunner().invoke(main, ["where", "CT-2024-0001", *data_dir])
+    assert out.exit_code == 1
+    assert out.stdout == "CT-2024-0001: not received (a UID is digits and dots)\n"
