@@ -405,18 +405,14 @@ def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool
     settings = _settings(config, data_dir=data_dir)
     tracker = _open_tracker(settings)
     job = tracker.job(target) or tracker.batch_job(target)
+    unknown = False
     if job is not None:
         chosen, refused = select_for_job(tracker, job)
         what = f"job {job.job_id or job.batch_id}"
     else:
         chosen, refused = select_for_uid(tracker, target)
         what = target
-        if not chosen and not refused and not tracker.where(target):
-            tracker.close()
-            click.echo(
-                f"store-scp: {target}: no such job, and nothing received with this UID", err=True
-            )
-            sys.exit(1)
+        unknown = not chosen and not refused and not tracker.where(target)
     try:
         store = make_store(settings)
     except _startup_errors() as exc:
@@ -461,6 +457,10 @@ def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool
             f"{len(result.retried)} receipt(s) of {what} retried in batch {result.batch_id}: "
             "the pipeline imports it with its next job",
             err=True,
+        )
+    elif unknown:
+        click.echo(
+            f"store-scp: {target}: no such job, and nothing received with this UID", err=True
         )
     elif not refusals:
         click.echo(f"store-scp: nothing to retry: {what} has no FAILED receipt", err=True)

@@ -148,3 +148,18 @@ def test_where_takes_a_pasted_uid_and_says_what_a_uid_looks_like(tmp_path: Path)
     out = CliRunner().invoke(main, ["where", "CT-2024-0001", *data_dir])
     assert out.exit_code == 1
     assert out.stdout == "CT-2024-0001: not received (a UID is digits and dots)\n"
+
+
+def test_retry_json_answers_an_unknown_target_too(tmp_path: Path) -> None:
+    """A script reads the same document whatever the target was."""
+    SqliteTracker(tmp_path / "tracker.sqlite3").close()
+    out = CliRunner().invoke(main, ["retry", "deadbeef" * 4, "--json", "--data-dir", str(tmp_path)])
+    assert out.exit_code == 1
+    doc = json.loads(out.stdout)
+    assert (doc["target"], doc["batch_id"], doc["retried"], doc["refused"]) == (
+        "deadbeef" * 4,
+        None,
+        [],
+        [],
+    )
+    assert "no such job, and nothing received with this UID" in out.stderr
