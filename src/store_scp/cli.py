@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -140,6 +141,9 @@ def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path 
         _cannot_start(exc)
 
 
+_CRASHED = 70  # a receiver's exit status after an unexpected exception (EX_SOFTWARE)
+
+
 def _serve_processes(settings: Any, ready_file: Path | None) -> None:
     """Pre-fork N receivers on the same ports (SO_REUSEPORT); restart any that dies."""
     metrics_dir = Path(settings.data_dir) / ".metrics"
@@ -150,17 +154,23 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     n = settings.processes
     children: dict[int, int] = {}
-    stopping = False
+    stopping = failed = False
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = _CRASHED
             try:
                 _run_one(settings, process_count=n, index=index, ready_file=ready_file)
+                code = 0
+            except SystemExit as exc:  # 1: it cannot start (a port in use, say)
+                code = exc.code if isinstance(exc.code, int) else _CRASHED
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(code)
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
@@ -187,11 +197,20 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
         from .metrics import mark_process_dead
 
         mark_process_dead(pid)
-        if not stopping:
-            click.echo(f"store-scp: receiver {index} exited ({status}); restarting", err=True)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 1 and not stopping:
+            # What stopped it stops its restarts too: end them all, say so with the status.
+            click.echo(f"store-scp: receiver {index} cannot start; stopping", err=True)
+            failed = True
+            forward(signal.SIGTERM, None)
+        elif not stopping:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            click.echo(f"store-scp: receiver {index} {how}; restarting", err=True)
             time.sleep(0.5)
             if not stopping:  # SIGTERM may have come during the pause
                 spawn(index)
+    if failed:
+        sys.exit(1)
 
 
 # --- the tracker, read by operators -------------------------------------------------------------

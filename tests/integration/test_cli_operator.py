@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,20 @@ def test_a_data_folder_that_cannot_be_made(tmp_path: Path, command: list[str]) -
     out = run(*command, "--data-dir", str(tmp_path / "a-file" / "data"))
     line = one_line_error(out, 1)
     assert line.startswith("store-scp: cannot start: ") and "a-file" in line
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_port_in_use(tmp_path: Path, processes: str) -> None:
+    """Receivers that cannot start are not restarted for ever: serve stops, exit status 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        out = run(*SERVE, "--port", port, "--processes", processes, "--data-dir", str(tmp_path))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    [why] = {line for line in out.stderr.splitlines() if "cannot start: " in line}
+    assert "address already in use" in why and f"'127.0.0.1', {port}" in why
 
 
 @pytest.mark.parametrize("command", [SERVE, ["worker"], ["where", "1.2.3"], ["jobs"]])
