@@ -323,9 +323,11 @@ def where(
             if it["is_primary"] is False:
                 where_to += " (non-primary: conflicting metadata, to reconcile)"
             detail = where_to or it["reason"] or ""
+            if it["job_id"]:
+                detail += f"  job {it['job_id']}"
             if it["cleanup_action"]:
                 detail += f"  [{it['cleanup_action']}]"
-            click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}")
+            click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}".rstrip())
             for a in it.get("attempts", ()):
                 outcome = a["outcome"] or "IMPORTING"
                 why = a["image_set_id"] or a["reason"] or ""

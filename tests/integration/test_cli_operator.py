@@ -140,9 +140,10 @@ def test_the_worker_says_what_it_runs_on_and_when_it_stops(tmp_path: Path) -> No
 def test_where_takes_a_pasted_uid_and_says_what_a_uid_looks_like(tmp_path: Path) -> None:
     sop, series, study = "1.2.826.0.1.3", "1.2.826.0.1.2", "1.2.826.0.1.1"
     tracker = SqliteTracker(tmp_path / "tracker.sqlite3")
+    key = f"b1/{study}/{series}/{sop}.dcm"
     tracker.record_receipt(
         Receipt(
-            key=f"b1/{study}/{series}/{sop}.dcm",
+            key=key,
             batch_id="b1",
             sop_instance_uid=sop,
             sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -156,10 +157,17 @@ def test_where_takes_a_pasted_uid_and_says_what_a_uid_looks_like(tmp_path: Path)
             received_at=1.0,
         )
     )
+    tracker.seal_batch("b1", "receiver")
+    tracker.record_job_start("b1", "token-b1", "name-b1")
+    tracker.set_job_id("b1", "job-1")
+    tracker.mark_importing([key], "b1")
+    assert tracker.mark_imported(key, "b1", "image-set-1", True)
     tracker.close()
     data_dir = ["--data-dir", str(tmp_path)]
     out = CliRunner().invoke(main, ["where", f" {series}\t", *data_dir])
-    assert out.exit_code == 0 and out.stdout.split()[:2] == [sop, "RECEIVED"], out.output
+    assert out.exit_code == 0, out.output
+    # The help promises state, image set and job.
+    assert out.stdout.split() == [sop, "IMPORTED", "image-set-1", "job", "job-1"]
     out = CliRunner().invoke(main, ["where", "CT-2024-0001", *data_dir])
     assert out.exit_code == 1
     assert out.stdout == "CT-2024-0001: not received (a UID is digits and dots)\n"
