@@ -409,10 +409,11 @@ def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool
 
     JOB (an import job id, or the batch id `jobs` lists): the job's FAILED receipts. UID (a
     study, series or SOP Instance UID): the newest receipt of each instance, when it is FAILED.
-    Refused, with the reason: a receipt that is not FAILED, one with a newer receipt of its
-    instance (an older copy is never imported after a newer one), one the datastore cannot
-    import. The objects are copied into a retry batch, which the running pipeline (`serve` or
-    `worker`) imports with its next job. Every attempt stays in the history (`where --history`).
+    Refused, with the reason: one with a newer receipt of its instance (an older copy is never
+    imported after a newer one), one the datastore cannot import, one retried since or being
+    imported right now; receipts that are not FAILED are left alone. The objects are copied
+    into a retry batch, which the running pipeline (`serve` or `worker`) imports with its next
+    job. Every attempt stays in the history (`where --history`).
 
     Exits 0 when everything selected was retried; 1 when something was refused or there was
     nothing to retry (every receipt is refused, and nothing changed, if no retry batch could be
