@@ -28,12 +28,14 @@ def _cannot_start(exc: Exception) -> NoReturn:
 
 def _startup_errors() -> tuple[type[Exception], ...]:
     """What opening the data folder, object store or tracker raises for a cause the operator
-    fixes (a wrong folder, no permission, a port in use, a damaged file): one line, no
-    traceback."""
+    fixes (a wrong folder, no permission, a port in use, a damaged file, no AWS credentials,
+    an endpoint out of reach, access denied): one line, no traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from .storage.base import StorageError
     from .tracking.base import TrackerError
 
-    return (OSError, StorageError, TrackerError)
+    return (OSError, StorageError, TrackerError, BotoCoreError, ClientError)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:

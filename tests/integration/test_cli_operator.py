@@ -18,13 +18,14 @@ from click.testing import CliRunner
 from store_scp.cli import main
 from store_scp.tracking.base import JobStatus, Receipt
 from store_scp.tracking.sqlite import SqliteTracker
+from tests.serverproc import free_port
 
 # Loopback, ports chosen by the OS, no probe or datastore API: nothing here may start.
 SERVE = ["serve", "--bind", "127.0.0.1", "--port", "0", "--http-port", "-1"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STORE_SCP_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("STORE_SCP_", "AWS_"))}
     full_env.update({"STORE_SCP_DATASTORE_API_PORT": "-1", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "store_scp.cli", *args],
@@ -70,6 +71,21 @@ def test_a_damaged_tracker_database(tmp_path: Path, command: list[str]) -> None:
     out = run(*command, "--data-dir", str(tmp_path))
     line = one_line_error(out, 1)
     assert f"tracker database {tmp_path / 'tracker.sqlite3'}: file is not a database" in line
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["worker"]])
+def test_no_aws_credentials(tmp_path: Path, command: list[str]) -> None:
+    """The AWS SDK's own words, on one line: what an AWS engineer looks for."""
+    nowhere = str(tmp_path / "none")
+    aws = {"AWS_CONFIG_FILE": nowhere, "AWS_SHARED_CREDENTIALS_FILE": nowhere}
+    aws["AWS_EC2_METADATA_DISABLED"] = "true"
+    tracker = {
+        "STORE_SCP_TRACKER": "dynamodb",
+        "STORE_SCP_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "STORE_SCP_DYNAMODB_REGION": "us-east-1",
+    }
+    out = run(*command, "--data-dir", str(tmp_path), env=aws | tracker)
+    assert "Unable to locate credentials" in one_line_error(out, 1)
 
 
 @pytest.mark.parametrize(
