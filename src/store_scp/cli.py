@@ -556,9 +556,13 @@ def create_tables(config: Path | None) -> None:
             "store-scp: STORE_SCP_TRACKER is sqlite: its file is created on first use", err=True
         )
         sys.exit(2)
-    tracker = make_dynamodb_tracker(settings)
-    missing = tracker.missing_tables()
-    tracker.create_tables()
+    try:
+        tracker = make_dynamodb_tracker(settings)
+        missing = tracker.missing_tables()
+        tracker.create_tables()
+    except _startup_errors() as exc:
+        click.echo(f"store-scp: {exc}", err=True)
+        sys.exit(1)
     for name in missing:
         click.echo(f"created {name}")
     there = len(astuple(tracker.tables)) - len(missing)

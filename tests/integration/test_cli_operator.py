@@ -73,8 +73,8 @@ def test_a_damaged_tracker_database(tmp_path: Path, command: list[str]) -> None:
     assert f"tracker database {tmp_path / 'tracker.sqlite3'}: file is not a database" in line
 
 
-@pytest.mark.parametrize("command", [["jobs"], ["worker"]])
-def test_no_aws_credentials(tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize("command", ["jobs", "worker", "create-tables"])
+def test_no_aws_credentials(tmp_path: Path, command: str) -> None:
     """The AWS SDK's own words, on one line: what an AWS engineer looks for."""
     nowhere = str(tmp_path / "none")
     aws = {"AWS_CONFIG_FILE": nowhere, "AWS_SHARED_CREDENTIALS_FILE": nowhere}
@@ -83,8 +83,9 @@ def test_no_aws_credentials(tmp_path: Path, command: list[str]) -> None:
         "STORE_SCP_TRACKER": "dynamodb",
         "STORE_SCP_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "STORE_SCP_DYNAMODB_REGION": "us-east-1",
+        "STORE_SCP_DATA_DIR": str(tmp_path),
     }
-    out = run(*command, "--data-dir", str(tmp_path), env=aws | tracker)
+    out = run(command, env=aws | tracker)
     assert "Unable to locate credentials" in one_line_error(out, 1)
 
 
