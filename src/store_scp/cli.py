@@ -21,9 +21,14 @@ import click
 from . import __version__
 
 
-def _cannot_start(exc: Exception) -> NoReturn:
-    click.echo(f"store-scp: cannot start: {exc}", err=True)
+def _give_up(exc: Exception, doing: str = "") -> NoReturn:
+    """One line for an error the operator fixes, then exit status 1."""
+    click.echo(f"store-scp: {doing}{exc}", err=True)
     sys.exit(1)
+
+
+def _cannot_start(exc: Exception) -> NoReturn:
+    _give_up(exc, "cannot start: ")
 
 
 def _startup_errors() -> tuple[type[Exception], ...]:
@@ -201,7 +206,7 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
         mark_process_dead(pid)
         code = os.waitstatus_to_exitcode(status)
         if code == 1 and not stopping:
-            # What stopped it stops its restarts too: end them all, say so with the status.
+            # A restart would fail the same way: stop them all, and exit 1 as one would.
             click.echo(f"store-scp: receiver {index} cannot start; stopping", err=True)
             failed = True
             forward(signal.SIGTERM, None)
@@ -247,8 +252,7 @@ def _make_tracker(settings: Any) -> Any:
     try:
         return make_tracker(settings)
     except _startup_errors() as exc:
-        click.echo(f"store-scp: {exc}", err=True)
-        sys.exit(1)
+        _give_up(exc)
 
 
 _UID_LIKE = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -441,8 +445,7 @@ def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool
         store = make_store(settings)
     except _startup_errors() as exc:
         tracker.close()
-        click.echo(f"store-scp: {exc}", err=True)
-        sys.exit(1)
+        _give_up(exc)
     try:
         result = retry_receipts(tracker, store, chosen, owner=retry_owner(), now=time.time())
     finally:
@@ -561,8 +564,7 @@ def create_tables(config: Path | None) -> None:
         missing = tracker.missing_tables()
         tracker.create_tables()
     except _startup_errors() as exc:
-        click.echo(f"store-scp: {exc}", err=True)
-        sys.exit(1)
+        _give_up(exc)
     for name in missing:
         click.echo(f"created {name}")
     there = len(astuple(tracker.tables)) - len(missing)
