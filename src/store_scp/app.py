@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("store_scp.app")
 
+#: The import role named in the embedded datastore's jobs when STORE_SCP_IMPORT_ROLE_ARN is unset.
+EMBEDDED_ROLE_NAME = "store-scp-embedded-import"
+
 
 def tracker_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "tracker.sqlite3"
@@ -107,6 +110,7 @@ def make_worker(
     from .pipeline.worker import Pipeline, PipelineConfig, Worker
 
     datastore: Any
+    role_arn = settings.import_role_arn
     if settings.datastore == "healthimaging":
         from .datastore.healthimaging import HealthImagingDatastore
 
@@ -125,9 +129,12 @@ def make_worker(
             s3_endpoint_url=settings.s3_endpoint_url,
             job_threads=settings.datastore_job_threads,
         )
+        # The embedded datastore assumes no role, but its API reports each job's role as
+        # HealthImaging does (botocore's model requires an IAM role ARN there).
+        role_arn = role_arn or f"arn:aws:iam::{datastore.account_id}:role/{EMBEDDED_ROLE_NAME}"
     config = PipelineConfig(
         owner=owner,
-        role_arn=settings.import_role_arn,
+        role_arn=role_arn,
         limiter=StartLimiter(
             rate_per_second=settings.import_start_rate,
             max_concurrent_jobs=settings.max_concurrent_import_jobs,

@@ -5,17 +5,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
+
+
+def _give_up(exc: Exception, doing: str = "") -> NoReturn:
+    """One line for an error the operator fixes, then exit status 1."""
+    click.echo(f"store-scp: {doing}{exc}", err=True)
+    sys.exit(1)
+
+
+def _cannot_start(exc: Exception) -> NoReturn:
+    _give_up(exc, "cannot start: ")
+
+
+def _startup_errors() -> tuple[type[Exception], ...]:
+    """What opening the data folder, object store or tracker raises for a cause the operator
+    fixes (a wrong folder, no permission, a port in use, a damaged file, no AWS credentials,
+    an endpoint out of reach, access denied): one line, no traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .storage.base import StorageError
+    from .tracking.base import TrackerError
+
+    return (OSError, StorageError, TrackerError, BotoCoreError, ClientError)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:
@@ -39,8 +64,15 @@ def main() -> None:
     """
 
 
+_config_option = click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file of settings [env STORE_SCP_CONFIG].",
+)
+
+
 @main.command()
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 @click.option("--port", type=int, help="Plain DICOM port [env STORE_SCP_PORT; 11112].")
 @click.option("--bind", help="Address to listen on [env STORE_SCP_BIND; 0.0.0.0].")
 @click.option("--ae-title", help="Our AE title [env STORE_SCP_AE_TITLE; STORE_SCP].")
@@ -86,7 +118,10 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
     seconds to finish, then are aborted.
     """
     settings = _settings(config, **flags)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _cannot_start(exc)
     if settings.processes > 1:
         _serve_processes(settings, ready_file)
         return
@@ -96,7 +131,6 @@ def serve(config: Path | None, ready_file: Path | None, **flags: Any) -> None:
 def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path | None) -> None:
     from .app import install_event_loop_policy, serve
     from .logs import setup_logging
-    from .tracking.base import TrackerError
 
     setup_logging(settings.log_level, log_phi=settings.log_phi)
     install_event_loop_policy()
@@ -110,9 +144,11 @@ def _run_one(settings: Any, *, process_count: int, index: int, ready_file: Path 
                 ready_file=ready_file if index == 0 else None,
             )
         )
-    except (OSError, TrackerError) as exc:
-        click.echo(f"store-scp: cannot start: {exc}", err=True)
-        sys.exit(1)
+    except _startup_errors() as exc:
+        _cannot_start(exc)
+
+
+_CRASHED = 70  # a receiver's exit status after an unexpected exception (EX_SOFTWARE)
 
 
 def _serve_processes(settings: Any, ready_file: Path | None) -> None:
@@ -125,17 +161,23 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     n = settings.processes
     children: dict[int, int] = {}
-    stopping = False
+    stopping = failed = False
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = _CRASHED
             try:
                 _run_one(settings, process_count=n, index=index, ready_file=ready_file)
+                code = 0
+            except SystemExit as exc:  # 1: it cannot start (a port in use, say)
+                code = exc.code if isinstance(exc.code, int) else _CRASHED
+            except BaseException:
+                traceback.print_exc()
             finally:
-                os._exit(0)
+                os._exit(code)
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
@@ -162,11 +204,20 @@ def _serve_processes(settings: Any, ready_file: Path | None) -> None:
         from .metrics import mark_process_dead
 
         mark_process_dead(pid)
-        if not stopping:
-            click.echo(f"store-scp: receiver {index} exited ({status}); restarting", err=True)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 1 and not stopping:
+            # A restart would fail the same way: stop them all, and exit 1 as one would.
+            click.echo(f"store-scp: receiver {index} cannot start; stopping", err=True)
+            failed = True
+            forward(signal.SIGTERM, None)
+        elif not stopping:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            click.echo(f"store-scp: receiver {index} {how}; restarting", err=True)
             time.sleep(0.5)
             if not stopping:  # SIGTERM may have come during the pause
                 spawn(index)
+    if failed:
+        sys.exit(1)
 
 
 # --- the tracker, read by operators -------------------------------------------------------------
@@ -185,11 +236,10 @@ _read_data_dir_option = _data_dir_option("The data folder of the server to read"
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
-def _open_tracker(data_dir: Path | None) -> Any:
+def _open_tracker(settings: Any) -> Any:
     """The configured tracker (STORE_SCP_TRACKER): the SQLite file of DATA_DIR, or DynamoDB."""
     from .app import tracker_path
 
-    settings = _settings(None, data_dir=data_dir)
     if settings.tracker == "sqlite" and not tracker_path(settings).exists():
         click.echo(f"store-scp: no tracker database under {settings.data_dir}", err=True)
         sys.exit(1)
@@ -198,13 +248,14 @@ def _open_tracker(data_dir: Path | None) -> Any:
 
 def _make_tracker(settings: Any) -> Any:
     from .app import make_tracker
-    from .tracking.base import TrackerError
 
     try:
         return make_tracker(settings)
-    except TrackerError as exc:
-        click.echo(f"store-scp: {exc}", err=True)
-        sys.exit(1)
+    except _startup_errors() as exc:
+        _give_up(exc)
+
+
+_UID_LIKE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _instance_item(r: Any) -> dict[str, Any]:
@@ -246,15 +297,20 @@ def _attempt_item(a: Any) -> dict[str, Any]:
 @click.option(
     "--history", is_flag=True, help="Every attempt of each instance's newest receipt, too."
 )
+@_config_option
 @_read_data_dir_option
 @_json_option
-def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None:
+def where(
+    uid: str, history: bool, config: Path | None, data_dir: Path | None, as_json: bool
+) -> None:
     """Where a study, series or SOP instance is: state, image set, job, reason, and what was
     done with its object (deleted after import, quarantined after a failure).
 
-    One line per SOP instance (its newest receipt).
+    One line per SOP instance (its newest receipt). Exits 1 when nothing was received with
+    this UID.
     """
-    tracker = _open_tracker(data_dir)
+    uid = uid.strip()  # pasted with the spaces around it
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
     items = []
     for r in tracker.where(uid):
         item = _instance_item(r)
@@ -266,15 +322,18 @@ def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None
         click.echo(json.dumps({"uid": uid, "instances": items}, indent=2))
     else:
         if not items:
-            click.echo(f"{uid}: not received")
+            hint = "" if _UID_LIKE.fullmatch(uid) else " (a UID is digits and dots)"
+            click.echo(f"{uid}: not received{hint}")
         for it in items:
             where_to = it["image_set_id"] or ""
             if it["is_primary"] is False:
                 where_to += " (non-primary: conflicting metadata, to reconcile)"
             detail = where_to or it["reason"] or ""
+            if it["job_id"]:
+                detail += f"  job {it['job_id']}"
             if it["cleanup_action"]:
                 detail += f"  [{it['cleanup_action']}]"
-            click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}")
+            click.echo(f"{it['sop_instance_uid']}  {it['state']:<9}  {detail}".rstrip())
             for a in it.get("attempts", ()):
                 outcome = a["outcome"] or "IMPORTING"
                 why = a["image_set_id"] or a["reason"] or ""
@@ -285,11 +344,12 @@ def where(uid: str, history: bool, data_dir: Path | None, as_json: bool) -> None
 
 
 @main.command()
+@_config_option
 @_read_data_dir_option
 @_json_option
-def failures(data_dir: Path | None, as_json: bool) -> None:
+def failures(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """SOP instances whose newest receipt failed, and why."""
-    tracker = _open_tracker(data_dir)
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
     items = [_instance_item(r) for r in tracker.failures()]
     tracker.close()
     if as_json:
@@ -303,17 +363,20 @@ def failures(data_dir: Path | None, as_json: bool) -> None:
 @main.command()
 @click.option(
     "--status",
-    type=click.Choice(["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"]),
+    type=click.Choice(
+        ["STARTING", "SUBMITTED", "IN_PROGRESS", "COMPLETED", "FAILED"], case_sensitive=False
+    ),
     help="Only jobs with this status.",
 )
+@_config_option
 @_read_data_dir_option
 @_json_option
-def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
+def jobs(status: str | None, config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """Import jobs, oldest first."""
     from .tracking.base import JobStatus
 
-    tracker = _open_tracker(data_dir)
-    records = tracker.jobs(JobStatus(status) if status else None)
+    tracker = _open_tracker(_settings(config, data_dir=data_dir))
+    records = tracker.jobs(JobStatus(status.upper()) if status else None)
     tracker.close()
     items = [
         {
@@ -333,26 +396,30 @@ def jobs(status: str | None, data_dir: Path | None, as_json: bool) -> None:
         return
     for it in items:
         counts = " ".join(f"{k}={v}" for k, v in it["counts"].items())
-        click.echo(f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}")
+        line = f"{it['batch_id']}  {it['status']:<11}  {it['job_id'] or '-'}  {counts}"
+        # Why a job failed (or why its start keeps failing) is what the operator came for.
+        click.echo(f"{line}  {it['message']}" if it["message"] else line)
 
 
 @main.command()
 @click.argument("target", metavar="JOB|UID")
+@_config_option
 @_data_dir_option(
     "The data folder of the server whose receipts to retry. The retry writes to it: the new"
     " attempts into its tracker, copies of the objects into a retry batch (DynamoDB and S3"
     " instead, where configured)"
 )
 @_json_option
-def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
+def retry(target: str, config: Path | None, data_dir: Path | None, as_json: bool) -> None:
     """Retry FAILED receipts: a new attempt on each, imported from a new batch.
 
     JOB (an import job id, or the batch id `jobs` lists): the job's FAILED receipts. UID (a
     study, series or SOP Instance UID): the newest receipt of each instance, when it is FAILED.
-    Refused, with the reason: a receipt that is not FAILED, one with a newer receipt of its
-    instance (an older copy is never imported after a newer one), one the datastore cannot
-    import. The objects are copied into a retry batch, which the running pipeline (`serve` or
-    `worker`) imports with its next job. Every attempt stays in the history (`where --history`).
+    Refused, with the reason: one with a newer receipt of its instance (an older copy is never
+    imported after a newer one), one the datastore cannot import, one retried since or being
+    imported right now; receipts that are not FAILED are left alone. The objects are copied
+    into a retry batch, which the running pipeline (`serve` or `worker`) imports with its next
+    job. Every attempt stays in the history (`where --history`).
 
     Exits 0 when everything selected was retried; 1 when something was refused or there was
     nothing to retry (every receipt is refused, and nothing changed, if no retry batch could be
@@ -362,22 +429,23 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
     from .pipeline.retry import Refused, retry_owner, select_for_job, select_for_uid
     from .pipeline.retry import retry as retry_receipts
 
-    tracker = _open_tracker(data_dir)
-    settings = _settings(None, data_dir=data_dir)
+    target = target.strip()  # pasted with the spaces around it
+    settings = _settings(config, data_dir=data_dir)
+    tracker = _open_tracker(settings)
     job = tracker.job(target) or tracker.batch_job(target)
+    unknown = False
     if job is not None:
         chosen, refused = select_for_job(tracker, job)
         what = f"job {job.job_id or job.batch_id}"
     else:
         chosen, refused = select_for_uid(tracker, target)
         what = target
-        if not chosen and not refused and not tracker.where(target):
-            tracker.close()
-            click.echo(
-                f"store-scp: {target}: no such job, and nothing received with this UID", err=True
-            )
-            sys.exit(1)
-    store = make_store(settings)
+        unknown = not chosen and not refused and not tracker.where(target)
+    try:
+        store = make_store(settings)
+    except _startup_errors() as exc:
+        tracker.close()
+        _give_up(exc)
     try:
         result = retry_receipts(
             tracker,
@@ -424,6 +492,10 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
             "the pipeline imports it with its next job",
             err=True,
         )
+    elif unknown:
+        click.echo(
+            f"store-scp: {target}: no such job, and nothing received with this UID", err=True
+        )
     elif not refusals:
         click.echo(f"store-scp: nothing to retry: {what} has no FAILED receipt", err=True)
     if refusals:
@@ -432,7 +504,7 @@ def retry(target: str, data_dir: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 @_data_dir_option(
     "The data folder shared with the receivers. The pipeline reads and writes its tracker and"
     " objects (DynamoDB and S3 instead, where configured)"
@@ -442,26 +514,42 @@ def worker(config: Path | None, data_dir: Path | None) -> None:
     tracker (a data folder shared with them, or S3 and DynamoDB): seals batches whose receiver
     died, starts import jobs, records results, deletes imported objects after
     STORE_SCP_KEEP_IMPORTED_DAYS and quarantines failed ones. Stop with SIGTERM or Ctrl-C."""
-    from .app import make_store, make_worker
-    from .logs import setup_logging
+    from .app import make_store, make_tracker, make_worker
+    from .logs import log_event, setup_logging
 
     settings = _settings(config, data_dir=data_dir)
     setup_logging(settings.log_level, log_phi=settings.log_phi)
-    store = make_store(settings)
-    tracker = _make_tracker(settings)
     owner = f"worker-{os.getpid():x}"
-    pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
+    try:
+        store = make_store(settings)
+        tracker = make_tracker(settings)
+        pipeline_worker, _datastore = make_worker(settings, store, tracker, owner=owner)
+    except _startup_errors() as exc:
+        _cannot_start(exc)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     pipeline_worker.start()
+    # Which data folder and adapters it runs on: a wrong --data-dir shows here.
+    log_event(
+        logging.getLogger("store_scp.worker"),
+        "INFO",
+        "worker running",
+        owner=owner,
+        data_dir=str(Path(settings.data_dir).absolute()),
+        object_store=settings.object_store,
+        tracker=settings.tracker,
+        datastore=settings.datastore,
+        pid=os.getpid(),
+    )
     stop.wait()
     pipeline_worker.stop()
     tracker.close()
+    logging.getLogger("store_scp.worker").info("worker stopped")
 
 
 @main.command("create-tables")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="TOML file.")
+@_config_option
 def create_tables(config: Path | None) -> None:
     """Create the DynamoDB tracker's six tables (on-demand capacity) where they are missing,
     and bring tables an older version made up to date: add the indexes they lack (one at a
@@ -481,8 +569,11 @@ def create_tables(config: Path | None) -> None:
             "store-scp: STORE_SCP_TRACKER is sqlite: its file is created on first use", err=True
         )
         sys.exit(2)
-    tracker = make_dynamodb_tracker(settings)
-    changes = tracker.create_tables(progress=lambda line: click.echo(line, err=True))
+    try:
+        tracker = make_dynamodb_tracker(settings)
+        changes = tracker.create_tables(progress=lambda line: click.echo(line, err=True))
+    except _startup_errors() as exc:
+        _give_up(exc)
     for line in changes:
         click.echo(line)
     done = f"{len(changes)} change(s)" if changes else "nothing to change"

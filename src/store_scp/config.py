@@ -81,6 +81,7 @@ Logging
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -138,7 +139,8 @@ def env_var(field_name: str) -> str:
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid; ``str()`` holds one ``STORE_SCP_FIELD: message`` a line."""
+    """The configuration is invalid; ``str()`` holds one ``STORE_SCP_FIELD: message`` a line
+    (``field in FILE: message`` for a value from the TOML file)."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         self.problems = problems
@@ -561,11 +563,17 @@ class Settings(BaseSettings):
         """
         given = {name: value for name, value in overrides.items() if value is not None}
         path = Path(config_file) if config_file is not None else None
-        try:
-            with _config_file(path):
-                return cls(**given)
-        except ValidationError as exc:
-            raise ConfigError(_problems(exc)) from None
+        problems = _unknown_variables()
+        with _config_file(path):
+            try:
+                settings = cls(**given)
+            except ValidationError as exc:
+                problems += _problems(exc, given=given, toml=_config_path())
+            except ConfigError as exc:  # the TOML file is missing or unreadable
+                problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
     # ---------------------------------------------------------------------------- properties
 
@@ -911,13 +919,47 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+#: STORE_SCP_* variables that are not settings: the TOML file, the crash tests' fail points.
+_NOT_SETTINGS = frozenset({CONFIG_ENV, "STORE_SCP_FAILPOINTS"})
+
+
+def _unknown_variables() -> list[tuple[str, str]]:
+    """STORE_SCP_* variables that name no setting: a misspelt one would be ignored, and with
+    it the setting the operator meant (an allow-list, say)."""
+    known = sorted({env_var(name) for name in Settings.model_fields} | _NOT_SETTINGS)
+    suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+    problems = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            problems.append((name, f"unknown setting{hint}"))
+    return problems
+
+
+def _toml_keys(path: Path | None) -> set[str]:
+    try:
+        return set(tomllib.loads(path.read_text())) if path is not None else set()
+    except (OSError, ValueError):
+        return set()
+
+
+def _problems(
+    exc: ValidationError, *, given: Mapping[str, Any], toml: Path | None
+) -> list[tuple[str, str]]:
+    """One (where, message) per error: a value from the TOML file is named by its key in that
+    file, any other by its environment variable."""
+    in_toml = _toml_keys(toml) - set(given)
+    environment = {name.upper() for name in os.environ}
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_url=False):
         loc = error.get("loc", ())
         ctx = error.get("ctx") or {}
         field = str(loc[0]) if loc else str(ctx.get("field", ""))
         var = env_var(field) if field else ENV_PREFIX.rstrip("_")
+        if field in in_toml and var not in environment:
+            var = f"{field} in {toml}"
         if error["type"] == "extra_forbidden":
             problems.append((var, "unknown setting"))
             continue

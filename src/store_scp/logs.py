@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from typing import IO, Any
 
 __all__ = [
@@ -151,6 +152,10 @@ def setup_logging(
         handler.addFilter(PhiFilter())
     root.addHandler(handler)
     root.setLevel(levelno)
+    # Python warnings become JSON lines too, not raw text among them. pydicom logs each of its
+    # own (its "pydicom" logger) before it warns: those warnings would only repeat the record.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    logging.captureWarnings(True)
 
 
 def log_event(logger: logging.Logger, level: int | str, msg: str, /, **fields: Any) -> None:

@@ -108,6 +108,13 @@ def test_studies_from_storescu_end_as_image_sets(server: ServerProcess, tmp_path
     client = local_client(f"http://127.0.0.1:{server.ports['datastore_api']}")
     [store] = client.list_datastores()["datastoreSummaries"] or [{"datastoreId": None}]
     datastore_id = store["datastoreId"]
+    # The pipeline's jobs, as the API lists them (botocore checks each job's role ARN).
+    listed = client.list_dicom_import_jobs(datastoreId=datastore_id)["jobSummaries"]
+    assert {i["job_id"] for i in items_a + items_b} <= {j["jobId"] for j in listed}
+    for summary in listed:
+        job = client.get_dicom_import_job(datastoreId=datastore_id, jobId=summary["jobId"])
+        assert job["jobProperties"]["jobStatus"] == "COMPLETED"
+        assert job["jobProperties"]["dataAccessRoleArn"].startswith("arn:aws:iam::")
     sent = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in a1 + a2 + b1}
     image_sets = {i["image_set_id"] for i in items_a + items_b}
     assert len(image_sets) == 3  # one per series

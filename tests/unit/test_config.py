@@ -190,7 +190,37 @@ def test_toml_unknown_key(tmp_path: Path) -> None:
     path.write_text("prot = 1\n")
     with pytest.raises(ConfigError) as exc:
         load_settings(path)
-    assert lines_of(exc) == ["STORE_SCP_PROT: unknown setting"]
+    assert lines_of(exc) == [f"prot in {path}: unknown setting"]
+
+
+def test_a_misspelt_variable_stops_start_up(clean_env: pytest.MonkeyPatch) -> None:
+    """Ignored, it would leave the setting meant at its default: here, any calling AE."""
+    clean_env.setenv("STORE_SCP_ALLOWED_CALLING_AE", "CT1")
+    clean_env.setenv("STORE_SCP_ZZZ", "1")
+    clean_env.setenv("STORE_SCP_FAILPOINTS", "")  # not a setting, but ours
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert lines_of(exc) == [
+        "STORE_SCP_ALLOWED_CALLING_AE: unknown setting;"
+        " did you mean STORE_SCP_ALLOWED_CALLING_AES?",
+        "STORE_SCP_ZZZ: unknown setting",
+    ]
+
+
+def test_a_bad_value_is_named_where_it_was_given(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The operator looks where the line points: the TOML key, or the variable when the
+    environment set it (the variable wins over the file)."""
+    path = tmp_path / "c.toml"
+    path.write_text('port = 70000\nhttp_port = 70001\nae_title = "OK"\n')
+    clean_env.setenv("STORE_SCP_HTTP_PORT", "70002")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert lines_of(exc) == [
+        f"port in {path}: Input should be less than or equal to 65535 (got 70000)",
+        "STORE_SCP_HTTP_PORT: Input should be less than or equal to 65535 (got '70002')",
+    ]
 
 
 BAD_VALUES: list[tuple[str, Any]] = [

@@ -6,10 +6,14 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 
 from store_scp.logs import PHI_FIELDS, REDACTED, log_event, setup_logging
 
@@ -165,3 +169,29 @@ def test_phi_field_names_cover_the_required_ones() -> None:
 def test_unknown_level_rejected() -> None:
     with pytest.raises(ValueError, match="TRACE"):
         setup_logging("TRACE", stream=io.StringIO())
+
+
+@pytest.mark.filterwarnings("ignore:The value length")  # writing the test file
+def test_warnings_are_json_lines_too(tmp_path: Path) -> None:
+    """pydicom warns (and logs) about values over their VR's length when the pipeline reads an
+    object; the log stream stays JSON lines, each said once."""
+    ds = Dataset()
+    ds.StudyDescription = "X" * 300  # LO: 64 at most
+    path = tmp_path / "long.dcm"
+    ds.save_as(path, implicit_vr=False, little_endian=True)
+    script = (
+        "import sys, warnings, pydicom\n"
+        "from store_scp.logs import setup_logging\n"
+        "setup_logging('INFO')\n"
+        "pydicom.dcmread(sys.argv[1], force=True).StudyDescription\n"
+        "warnings.warn('a warning of ours')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines()]  # every line is JSON
+    [pydicom_record] = [r for r in lines if "maximum length of 64" in r["msg"]]
+    assert (pydicom_record["logger"], pydicom_record["level"]) == ("pydicom", "WARNING")
+    [ours] = [r for r in lines if "a warning of ours" in r["msg"]]
+    assert ours["logger"] == "py.warnings"

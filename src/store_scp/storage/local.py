@@ -131,7 +131,7 @@ class LocalObjectStore:
             self.staging_dir = claim_staging_dir(self.staging_root)
         except OSError as exc:
             raise StorageError(
-                f"cannot create the object folders under the store root: {_errno_name(exc)}"
+                f"cannot create the object folders under {self.root}: {_errno_name(exc)}"
             ) from exc
 
     def __repr__(self) -> str:

@@ -82,6 +82,7 @@ from store_scp.tracking.base import (
     ReceiptStatus,
     State,
     Tracker,
+    TrackerError,
     admission_by_state,
     is_superseded,
 )
@@ -293,7 +294,7 @@ _FINAL = (State.IMPORTED.value, State.FAILED.value)
 _NO_CLEANUP = "cleanup_action = NULL, cleanup_at = NULL"
 
 
-class TrackerSchemaError(RuntimeError):
+class TrackerSchemaError(TrackerError):
     """The database was written by a newer release (or is not a tracker database)."""
 
 
@@ -311,12 +312,17 @@ class SqliteTracker(Tracker):
         self._lock = threading.Lock()
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = self._connect()
+        try:
+            self._conn: sqlite3.Connection | None = self._connect()
+        except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked for good
+            raise TrackerError(f"cannot open the tracker database {self._path}: {exc}") from exc
         try:
             self._migrate(self._conn)
-        except BaseException:
+        except BaseException as exc:
             self._conn.close()
             self._conn = None
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise TrackerError(f"tracker database {self._path}: {exc}") from exc
             raise
 
     # -- receipts, as the receiver writes them ----------------------------------------------
