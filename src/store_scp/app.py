@@ -209,8 +209,12 @@ async def serve(
         )
     server = Server(settings, store, tracker, ssl_context=ssl_context, process_count=process_count)
     server.seal_policy = SealPolicy(
-        quiet_seconds=settings.seal_quiet_seconds, max_age_seconds=settings.seal_max_age_seconds
+        quiet_seconds=settings.seal_quiet_seconds,
+        max_age_seconds=settings.seal_max_age_seconds,
+        max_files=settings.max_files_per_job,
     )
+    server.batches.max_files = settings.max_files_per_job
+    server.batches.max_folders = settings.max_folders_per_job
     loop.set_exception_handler(_quiet_tls_errors)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

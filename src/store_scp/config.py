@@ -70,6 +70,7 @@ Import pipeline
     ``STORE_SCP_SEAL_QUIET_SECONDS``, ``STORE_SCP_SEAL_MAX_AGE_SECONDS``,
     ``STORE_SCP_BATCH_LEASE_SECONDS``,
     ``STORE_SCP_IMPORT_START_RATE``, ``STORE_SCP_MAX_CONCURRENT_IMPORT_JOBS``,
+    ``STORE_SCP_MAX_FILES_PER_JOB``, ``STORE_SCP_MAX_FOLDERS_PER_JOB``,
     ``STORE_SCP_KEEP_IMPORTED_DAYS`` (days an imported object is kept before it is deleted;
     0 = at once, ``forever`` = never; failed objects always go to quarantine),
     ``STORE_SCP_CLEANUP_LEASE_SECONDS``.
@@ -517,6 +518,18 @@ class Settings(BaseSettings):
     )
     max_concurrent_import_jobs: int = Field(
         default=20, ge=1, description="Import jobs running at once, at most."
+    )
+    max_files_per_job: int = Field(
+        default=5000,
+        ge=1,
+        description="Objects in one batch (one import job), at most: HealthImaging's "
+        "files-per-job quota.",
+    )
+    max_folders_per_job: int = Field(
+        default=10000,
+        ge=2,
+        description="Nested folders (one per study, one per series) in one batch, at most: "
+        "HealthImaging imports at most 10,000 per job.",
     )
     keep_imported_days: float | None = Field(
         default=7.0,

@@ -42,3 +42,22 @@ def test_a_second_receipt_of_one_instance_rolls_to_a_new_batch(clock: list[float
     assert second != first
     assert alloc.current.opened_at == clock[0]
     assert alloc.sealable() == [first]
+
+
+def test_a_batch_never_holds_more_nested_folders_than_a_job_may_import(
+    clock: list[float],
+) -> None:
+    """HealthImaging imports at most 10,000 nested folders per job (here 5): an object whose
+    study and series folders would pass the limit opens a new batch."""
+    alloc = BatchAllocator(max_folders=5)
+    first = alloc.assign("1.1", 10, ("s1", "s1/a"))
+    assert alloc.assign("1.2", 10, ("s1", "s1/b")) == first  # one new folder: 3
+    assert alloc.assign("1.3", 10, ("s2", "s2/a")) == first  # 5
+    assert alloc.assign("1.4", 10, ("s2", "s2/a")) == first  # no new folder
+    second = alloc.assign("1.5", 10, ("s1", "s1/c"))  # would be 6
+    assert second != first
+    assert alloc.current.folders == {"s1", "s1/c"}
+    assert alloc.sealable() == []  # the first is still in flight
+    for _ in range(4):
+        alloc.done(first)
+    assert alloc.sealable() == [first]

@@ -33,6 +33,7 @@ class OpenBatch:
     bytes: int = 0
     last_object_at: float = 0.0
     sop_instances: set[str] = field(default_factory=set)
+    folders: set[str] = field(default_factory=set)  # nested folders under its prefix
 
 
 class BatchAllocator:
@@ -47,10 +48,14 @@ class BatchAllocator:
         *,
         max_files: int = 5000,
         max_bytes: int = 50 * 1024**3,
+        max_folders: int = 10_000,
         on_open: Callable[[str], None] | None = None,
     ) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
+        #: HealthImaging imports at most 10,000 nested folders per job: a batch holds one
+        #: folder per study and one per series.
+        self.max_folders = max_folders
         self._on_open = on_open
         self._lock = threading.Lock()
         self._inflight: dict[str, int] = {}
@@ -68,15 +73,17 @@ class BatchAllocator:
     def current(self) -> OpenBatch:
         return self._open
 
-    def assign(self, sop_instance_uid: str, size: int) -> str:
+    def assign(self, sop_instance_uid: str, size: int, folders: tuple[str, ...] = ()) -> str:
         """The batch id an object is committed under; counts it in that batch and as in
-        flight until `done`."""
+        flight until `done`. `folders`: the nested folders its key has under the batch prefix
+        (study, then study/series)."""
         with self._lock:
             batch = self._open
             if (
                 sop_instance_uid in batch.sop_instances
                 or batch.files >= self.max_files
                 or batch.bytes + size > self.max_bytes
+                or len(batch.folders) + len(set(folders) - batch.folders) > self.max_folders
             ) and batch.files:
                 self._roll_locked()
                 batch = self._open
@@ -87,6 +94,7 @@ class BatchAllocator:
                 # would split that study over two jobs.
                 batch.opened_at = now
             batch.sop_instances.add(sop_instance_uid)
+            batch.folders.update(folders)
             batch.files += 1
             batch.bytes += size
             batch.last_object_at = now

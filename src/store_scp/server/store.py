@@ -74,7 +74,7 @@ def key_safe(uid: str) -> bool:
 
 
 #: (SOP Instance UID, object size) -> the batch id the object is committed under.
-BatchLookup = Callable[[str, int], str]
+BatchLookup = Callable[[str, int, tuple[str, ...]], str]
 
 
 class StoreFailure(Exception):
@@ -300,7 +300,7 @@ class StoreOperation:
         study = info.study_instance_uid if key_safe(info.study_instance_uid) else "_"
         series = info.series_instance_uid if key_safe(info.series_instance_uid) else "_"
         size = self._meta_len + self._written
-        batch_id = batch_for(self.sop_instance_uid, size)
+        batch_id = batch_for(self.sop_instance_uid, size, (study, f"{study}/{series}"))
         return StoredInstance(
             staging=self.staging,
             key=f"{batch_id}/{study}/{series}/{self.sop_instance_uid}.dcm",
