@@ -147,6 +147,18 @@ IMPORT_JOBS = Counter(
     ["event"],
     registry=REGISTRY,
 )
+IMPORT_JOB_INSTANCES = Counter(
+    "store_scp_import_job_instances",
+    "Instances in the import jobs started.",
+    registry=REGISTRY,
+)
+JOBS_PER_THOUSAND = Gauge(
+    "store_scp_import_jobs_per_1000_instances",
+    "Import jobs started per 1,000 instances they import, since the worker started (HealthImaging "
+    "throttles job starts: few large jobs are the aim).",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 TIME_TO_AVAILABLE = Histogram(
     "store_scp_time_to_available_seconds",
     "Seconds from the last object of a study being received to its import job's results "

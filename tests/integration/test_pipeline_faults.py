@@ -225,3 +225,17 @@ def test_time_to_available_is_observed_once_per_study(rig: Rig) -> None:
     rig.seal("b1")
     rig.run_until(lambda: rig.final("b1"))
     assert observed() - before == 2
+
+
+def test_jobs_per_thousand_instances_is_a_metric(rig: Rig) -> None:
+    from store_scp.metrics import REGISTRY
+
+    before = REGISTRY.get_sample_value("store_scp_import_job_instances_total") or 0.0
+    for batch, count in (("b1", 3), ("b2", 5)):
+        study, series = generate_uid(), generate_uid()
+        for i in range(count):
+            rig.receive(batch, study=study, series=series, name=f"i{i}-")
+        rig.seal(batch)
+    rig.run_until(lambda: rig.final("b1") and rig.final("b2"))
+    assert REGISTRY.get_sample_value("store_scp_import_job_instances_total") == before + 8
+    assert REGISTRY.get_sample_value("store_scp_import_jobs_per_1000_instances") == 250.0

@@ -100,6 +100,8 @@ class Pipeline:
         self._attempts: dict[str, int] = {}
         self._reconciled: set[str] = set()  # orphaned batches whose objects all have receipts
         self._next_cleanup = 0.0
+        self._started_jobs = 0  # jobs per 1,000 instances, for the metric
+        self._started_instances = 0
 
     # --- sealing ---------------------------------------------------------------------------
 
@@ -250,9 +252,17 @@ class Pipeline:
         self._attempts.pop(batch_id, None)
         self._retry_at.pop(batch_id, None)
         self.tracker.set_job_id(batch_id, job_id, submitted_at=now)
-        metrics.IMPORT_JOBS.labels(event="started").inc()
+        self._count_started(len(self.tracker.receipts_in_job(batch_id)))
         log.info("import job started", extra={"batch_id": batch_id, "job_id": job_id})
         return True
+
+    def _count_started(self, instances: int) -> None:
+        metrics.IMPORT_JOBS.labels(event="started").inc()
+        metrics.IMPORT_JOB_INSTANCES.inc(instances)
+        self._started_jobs += 1
+        self._started_instances += instances
+        if self._started_instances:
+            metrics.JOBS_PER_THOUSAND.set(1000 * self._started_jobs / self._started_instances)
 
     def _fail_job(self, batch_id: str, message: str, now: float) -> None:
         self.tracker.update_job(batch_id, status=JobStatus.FAILED, message=message, now=now)
