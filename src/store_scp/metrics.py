@@ -159,6 +159,12 @@ JOBS_PER_THOUSAND = Gauge(
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
+NON_PRIMARY = Counter(
+    "store_scp_non_primary_instances",
+    "Instances imported into a non-primary image set (their metadata conflicts with the "
+    "primary's): conflicts to reconcile, not failures.",
+    registry=REGISTRY,
+)
 TIME_TO_AVAILABLE = Histogram(
     "store_scp_time_to_available_seconds",
     "Seconds from the last object of a study being received to its import job's results "

@@ -154,7 +154,12 @@ def test_a_completed_job_with_failed_files_is_a_partial_success(rig: Rig) -> Non
     assert job.counts["imported"] == 1 and job.counts["failed"] == 1
 
 
-def test_a_conflicting_resend_lands_in_a_non_primary_image_set(rig: Rig) -> None:
+def test_a_conflicting_resend_lands_in_a_non_primary_image_set(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    from store_scp.metrics import REGISTRY
+
+    conflicts_before = REGISTRY.get_sample_value("store_scp_non_primary_instances_total") or 0.0
     study, series = generate_uid(), generate_uid()
     first = rig.receive("b1", study=study, series=series, patient_id="P1")
     rig.seal("b1")
@@ -168,6 +173,13 @@ def test_a_conflicting_resend_lands_in_a_non_primary_image_set(rig: Rig) -> None
     assert (a.state.value, a.is_primary) == ("IMPORTED", True)
     assert (b.state.value, b.is_primary) == ("IMPORTED", False)  # a conflict, not a failure
     assert a.image_set_id != b.image_set_id
+    # Reported as a conflict to reconcile: a metric and a warning that names the object.
+    assert REGISTRY.get_sample_value("store_scp_non_primary_instances_total") == (
+        conflicts_before + 1
+    )
+    [warning] = [r for r in caplog.records if "non-primary" in r.getMessage()]
+    assert warning.levelname == "WARNING" and second in warning.keys  # type: ignore[attr-defined]
+    assert "P2-CONFLICT" not in warning.getMessage()
 
 
 def test_a_late_manifest_is_waited_for(rig: Rig) -> None:

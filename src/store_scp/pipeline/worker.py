@@ -359,8 +359,15 @@ class Pipeline:
             self.tracker.mark_failed(
                 missing, "no result for this file in the job output", batch_id, at=now
             )
-        non_primary = sum(1 for i in output.imported if not i.is_primary)
+        conflicts = [i.key for i in output.imported if not i.is_primary]
+        non_primary = len(conflicts)
         metrics.IMPORT_JOBS.labels(event="completed").inc()
+        if conflicts:
+            metrics.NON_PRIMARY.inc(non_primary)
+            log.warning(
+                "imported into non-primary image sets: metadata conflicts to reconcile",
+                extra={"batch_id": batch_id, "count": non_primary, "keys": conflicts[:20]},
+            )
         # One observation per study: from its last receipt in this batch. The batch's last
         # receipt alone would hide how long its earlier studies waited for the seal.
         last_of_study: dict[str, float] = {}
