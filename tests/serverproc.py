@@ -103,3 +103,16 @@ def start_server(
         time.sleep(0.02)
     ports = ast.literal_eval(ready.read_text())
     return ServerProcess(data_dir, proc, ports, log_path, full_env)
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`store-scp ARGS` in a subprocess with `env` added to this one's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "store_scp.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )

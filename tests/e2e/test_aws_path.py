@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,19 +29,12 @@ from store_scp.datastore.local import DEFAULT_DATASTORE_ID
 from store_scp.pipeline.results import FAILURE, MANIFEST, SUCCESS
 from tests.e2e.test_pipeline_embedded import make_series, wait_imported, where
 from tests.integration.moto_server import FAKE_AWS_ENV, aws_env, moto_endpoint  # noqa: F401
-from tests.serverproc import DCMTK, start_server
+from tests.serverproc import DCMTK, run_cli, start_server
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/store-scp-import"
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "store_scp.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )
+cli = run_cli
 
 
 @pytest.fixture

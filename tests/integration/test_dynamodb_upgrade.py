@@ -8,9 +8,6 @@ Everything runs against a moto server over HTTP; the upgrade itself through the 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from tests.integration.moto_server import (  # noqa: F401
     moto_endpoint,
     start_moto_server,
 )
+from tests.serverproc import run_cli
 
 T0 = 1_700_000_000.0
 #: The indexes the first version's tables lacked, by table, and their sparse attributes.
@@ -93,14 +91,7 @@ def index_names(client: Any, table: str) -> set[str]:
     return {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])}
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "store_scp.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-    )
+cli = run_cli
 
 
 @pytest.fixture
