@@ -102,6 +102,17 @@ def _check(tracker: Tracker, status: ReceiptStatus) -> str | None:
     return None
 
 
+def _sort_failed(
+    tracker: Tracker, status: ReceiptStatus, chosen: list[ReceiptStatus], refused: list[Refused]
+) -> None:
+    """A FAILED receipt goes to `chosen`, or to `refused` with the reason it may not retry."""
+    why = _check(tracker, status)
+    if why:
+        refused.append(_refused(status, why))
+    else:
+        chosen.append(status)
+
+
 def select_for_job(tracker: Tracker, job: Job) -> tuple[list[ReceiptStatus], list[Refused]]:
     """The FAILED receipts of a job (retryable ones, refused ones). A receipt retried since
     (its newest attempt is another job's) is refused."""
@@ -121,11 +132,7 @@ def select_for_job(tracker: Tracker, job: Job) -> tuple[list[ReceiptStatus], lis
             continue
         if status.state is not State.FAILED:
             continue  # imported: not a failure of this job
-        why = _check(tracker, status)
-        if why:
-            refused.append(_refused(status, why))
-        else:
-            chosen.append(status)
+        _sort_failed(tracker, status, chosen, refused)
     return chosen, refused
 
 
@@ -135,13 +142,8 @@ def select_for_uid(tracker: Tracker, uid: str) -> tuple[list[ReceiptStatus], lis
     chosen: list[ReceiptStatus] = []
     refused: list[Refused] = []
     for status in tracker.where(uid):
-        if status.state is not State.FAILED:
-            continue
-        why = _check(tracker, status)
-        if why:
-            refused.append(_refused(status, why))
-        else:
-            chosen.append(status)
+        if status.state is State.FAILED:
+            _sort_failed(tracker, status, chosen, refused)
     return chosen, refused
 
 
