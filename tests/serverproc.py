@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,5 +115,15 @@ def run_cli(
         capture_output=True,
         text=True,
         env={**os.environ, **env},
+        timeout=timeout,
+    )
+
+
+def storescu(port: int, files: Iterable[Path | str], timeout: float = 60) -> None:
+    """Send `files` with DCMTK storescu over one association; every one must succeed."""
+    subprocess.run(
+        [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        capture_output=True,
         timeout=timeout,
     )

@@ -29,7 +29,7 @@ from store_scp.datastore.local import DEFAULT_DATASTORE_ID
 from store_scp.pipeline.results import FAILURE, MANIFEST, SUCCESS
 from tests.e2e.test_pipeline_embedded import make_series, wait_imported, where
 from tests.integration.moto_server import FAKE_AWS_ENV, aws_env, moto_endpoint  # noqa: F401
-from tests.serverproc import DCMTK, run_cli, start_server
+from tests.serverproc import run_cli, start_server, storescu
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/store-scp-import"
 
@@ -112,13 +112,7 @@ def test_a_study_goes_through_s3_dynamodb_and_healthimaging(
         study = generate_uid()
         files = make_series(tmp_path / "s1", study, "P-AWS", 3)
         files += make_series(tmp_path / "s2", study, "P-AWS", 2)
-        subprocess.run(
-            [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(server.port)]
-            + [str(f) for f in files],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        storescu(server.port, files)
         items = wait_imported(server, study, 5)
     finally:
         assert server.stop() == 0
@@ -186,13 +180,7 @@ def test_a_separate_worker_writes_job_outputs_to_the_configured_location(
     server = start_server(tmp_path / "srv", env={**env, "STORE_SCP_PIPELINE": "off"})
     study = generate_uid()
     files = make_series(tmp_path / "s", study, "P-W", 2)
-    subprocess.run(
-        [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(server.port)]
-        + [str(f) for f in files],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    storescu(server.port, files)
     assert server.stop() == 0
     assert {i["state"] for i in where(server, study)} == {"RECEIVED"}
     worker = subprocess.Popen(

@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from tests.e2e.test_pipeline_embedded import make_series
 from tests.e2e.test_worker_crash import DATASTORE_ID, hook, start_datastore
-from tests.serverproc import DCMTK, ServerProcess, start_server
+from tests.serverproc import ServerProcess, start_server, storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 RETIRED_JPEG = "1.2.840.10008.1.2.4.53"  # accepted on the wire, refused by HealthImaging
@@ -59,13 +59,7 @@ def cleaned(server: ServerProcess, uid: str, count: int, state: str) -> Callable
 
 
 def send(server: ServerProcess, files: list[Path]) -> None:
-    subprocess.run(
-        [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(server.port)]
-        + [str(f) for f in files],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    storescu(server.port, files)
 
 
 def send_not_importable(server: ServerProcess) -> str:

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.healthimaging_client import local_client
-from tests.serverproc import DCMTK, ServerProcess, start_server
+from tests.serverproc import ServerProcess, start_server, storescu
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -95,10 +95,9 @@ def test_studies_from_storescu_end_as_image_sets(server: ServerProcess, tmp_path
     a1 = make_series(tmp_path / "a1", study_a, "P-A", 4)
     a2 = make_series(tmp_path / "a2", study_a, "P-A", 3)
     b1 = make_series(tmp_path / "b1", study_b, "P-B", 2)
-    send = [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(server.port)]
-    subprocess.run([*send, *map(str, a1 + b1)], check=True, capture_output=True, timeout=60)
+    storescu(server.port, a1 + b1)
     # The same study's second series over a second association.
-    subprocess.run([*send, *map(str, a2)], check=True, capture_output=True, timeout=60)
+    storescu(server.port, a2)
 
     items_a = wait_imported(server, study_a, 7)
     items_b = wait_imported(server, study_b, 2)
@@ -154,8 +153,7 @@ def test_a_separate_worker_imports_what_a_receive_only_server_received(tmp_path:
     srv = start_server(tmp_path / "srv", env={"STORE_SCP_PIPELINE": "off"})
     study = generate_uid()
     files = make_series(tmp_path / "s", study, "P-W", 3)
-    send = [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(srv.port)]
-    subprocess.run([*send, *map(str, files)], check=True, capture_output=True, timeout=60)
+    storescu(srv.port, files)
     assert srv.stop() == 0
     assert {i["state"] for i in where(srv, study)} == {"RECEIVED"}
     env = dict(srv.env, STORE_SCP_IMPORT_START_RATE="5")

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 
 from tests.e2e.test_pipeline_embedded import server, wait_imported  # noqa: F401 (fixture)
 from tests.healthimaging_client import local_client
-from tests.serverproc import DCMTK, ServerProcess
+from tests.serverproc import DCMTK, ServerProcess, storescu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -98,12 +98,7 @@ def test_modalities_compressed_syntaxes_and_multiframe_end_imported(
         capture_output=True,
         timeout=60,
     )
-    subprocess.run(
-        [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", port, str(plain / "multi.dcm")],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    storescu(server.port, [plain / "multi.dcm"])
     items = wait_imported(server, study, len(sent))
     assert {i["state"] for i in items} == {"IMPORTED"}, items
     stored_syntaxes = {

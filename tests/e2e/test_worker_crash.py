@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from store_scp.pipeline.cleanup import CleanupPolicy
 from tests.e2e.test_pipeline_embedded import make_series, where
 from tests.healthimaging_client import local_client
-from tests.serverproc import DCMTK, start_server
+from tests.serverproc import start_server, storescu
 
 DATASTORE_ID = "5c9d1ca15707e0000000000000000001"
 #: A killed worker's claim on a cleanup holds this long (120 s by default).
@@ -61,13 +61,7 @@ def test_worker_killed_at_random_moments_resumes_without_double_imports(tmp_path
             study = generate_uid()
             studies.append(study)
             files = make_series(tmp_path / f"s{i}", study, f"P{i}", 3)
-            subprocess.run(
-                [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(srv.port)]
-                + [str(f) for f in files],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            storescu(srv.port, files)
             # A restart of the receiver in between: each study in its own batch.
             assert srv.stop() == 0
             srv = start_server(tmp_path / "srv", env={"STORE_SCP_PIPELINE": "off"})

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 from pydicom.uid import generate_uid
 
 from tests.e2e.test_pipeline_embedded import make_series
-from tests.serverproc import DCMTK, start_server
+from tests.serverproc import start_server, storescu
 
 
 def test_files_and_folders_per_job_limit_each_batch(tmp_path: Path) -> None:
@@ -23,8 +22,7 @@ def test_files_and_folders_per_job_limit_each_batch(tmp_path: Path) -> None:
             p for i in range(3) for p in make_series(tmp_path / f"s{i}", generate_uid(), "P2", 1)
         ]
         for files in (one, two):
-            send = [str(DCMTK / "storescu"), "-aec", "STORE_SCP", "127.0.0.1", str(srv.port)]
-            subprocess.run([*send, *map(str, files)], check=True, capture_output=True)
+            storescu(srv.port, files)
         batches = Counter(p.relative_to(srv.objects_dir).parts[0] for p in srv.stored_files())
         folders: dict[str, set[str]] = {}
         for p in srv.stored_files():
