@@ -34,9 +34,6 @@ from tests.serverproc import run_cli, start_server, storescu
 ROLE_ARN = "arn:aws:iam::123456789012:role/store-scp-import"
 
 
-cli = run_cli
-
-
 @pytest.fixture
 def healthimaging(
     tmp_path: Path,
@@ -98,14 +95,14 @@ def test_a_study_goes_through_s3_dynamodb_and_healthimaging(
     bucket, tables = env["STORE_SCP_S3_BUCKET"], env["STORE_SCP_DYNAMODB_TABLE_PREFIX"]
 
     # Without its tables the gateway refuses to start, and says how to create them.
-    missing = cli(env, "where", "1.2.3")
+    missing = run_cli(env, "where", "1.2.3")
     assert missing.returncode == 1
     assert f"tables missing: {tables}-receipts" in missing.stderr
     assert "store-scp create-tables" in missing.stderr
-    created = cli(env, "create-tables")
+    created = run_cli(env, "create-tables")
     assert created.returncode == 0, created.stderr
     assert len(created.stdout.splitlines()) == 6
-    assert cli(env, "create-tables").stdout == ""  # idempotent
+    assert run_cli(env, "create-tables").stdout == ""  # idempotent
 
     server = start_server(tmp_path / "srv", env=env)
     try:
@@ -147,7 +144,7 @@ def test_a_study_goes_through_s3_dynamodb_and_healthimaging(
     for job in jobs:
         manifest = f"landing/import-output/{DEFAULT_DATASTORE_ID}-DicomImport-{job['jobId']}/"
         assert manifest + "job-output-manifest.json" in keys
-    listed = json.loads(cli(env, "jobs", "--json").stdout)["jobs"]
+    listed = json.loads(run_cli(env, "jobs", "--json").stdout)["jobs"]
     assert {j["job_id"] for j in listed} == {j["jobId"] for j in jobs}
     assert all(j["status"] == "COMPLETED" and j["counts"]["imported"] for j in listed)
 
@@ -175,7 +172,7 @@ def test_a_separate_worker_writes_job_outputs_to_the_configured_location(
     s3 = boto3.client("s3", endpoint_url=gateway_env["STORE_SCP_S3_ENDPOINT_URL"])
     s3.create_bucket(Bucket=outputs)
     env = {**gateway_env, "STORE_SCP_IMPORT_OUTPUT_URI": f"s3://{outputs}/hi"}
-    assert cli(env, "create-tables").returncode == 0
+    assert run_cli(env, "create-tables").returncode == 0
 
     server = start_server(tmp_path / "srv", env={**env, "STORE_SCP_PIPELINE": "off"})
     study = generate_uid()
@@ -194,7 +191,7 @@ def test_a_separate_worker_writes_job_outputs_to_the_configured_location(
         worker.terminate()
         assert worker.wait(30) == 0
     assert {i["state"] for i in items} == {"IMPORTED"}, (tmp_path / "worker.log").read_text()
-    [job] = json.loads(cli(server.env, "jobs", "--json").stdout)["jobs"]
+    [job] = json.loads(run_cli(server.env, "jobs", "--json").stdout)["jobs"]
     prefix = f"hi/{DEFAULT_DATASTORE_ID}-DicomImport-{job['job_id']}/"
     assert job["output_uri"] == f"s3://{outputs}/{prefix}"
     written = {o["Key"] for o in s3.list_objects_v2(Bucket=outputs).get("Contents", [])}

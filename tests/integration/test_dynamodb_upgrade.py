@@ -91,9 +91,6 @@ def index_names(client: Any, table: str) -> set[str]:
     return {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])}
 
 
-cli = run_cli
-
-
 @pytest.fixture
 def older(
     moto_endpoint: str,  # noqa: F811
@@ -161,7 +158,7 @@ def test_create_tables_adds_the_missing_indexes_and_fills_in_older_items(
         f"by_job on {t.receipts}",
         f"by_unfinished on {t.jobs}",
     ]
-    refused = cli(env, "where", "1.2.3")
+    refused = run_cli(env, "where", "1.2.3")
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert f"indexes missing: by_job on {t.receipts}, by_cleanup on {t.receipts}" in (
@@ -169,7 +166,7 @@ def test_create_tables_adds_the_missing_indexes_and_fills_in_older_items(
     )
     assert "store-scp create-tables" in refused.stderr
 
-    upgraded = cli(env, "create-tables")
+    upgraded = run_cli(env, "create-tables")
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout.splitlines() == [
         f"filled in g_cleanup on 2 item(s) of {t.receipts} (index by_cleanup)",
@@ -194,10 +191,10 @@ def test_create_tables_adds_the_missing_indexes_and_fills_in_older_items(
         (imported.key, State.IMPORTED),
         (failed.key, State.FAILED),
     ]
-    assert cli(env, "where", "1.2.3").returncode == 0
+    assert run_cli(env, "where", "1.2.3").returncode == 0
 
     # A second run changes nothing.
-    again = cli(env, "create-tables")
+    again = run_cli(env, "create-tables")
     assert again.returncode == 0, again.stderr
     assert again.stdout == ""
     assert "up to date: nothing to change" in again.stderr
