@@ -1,17 +1,46 @@
-"""Flush latency of the disk under a folder: what one durable commit costs at the least.
+"""What the disk under a folder allows, measured with the commit sequence store-scp uses.
 
-One sample = create a file, write 16 KB, fsync it, rename it, fsync the folder: the sequence
-store-scp performs before every C-STORE success when fsync is on. A single association sends
-objects one at a time, so with fsync on it cannot beat 1 / (this latency) objects per second.
+- Flush latency: one sample = create a file, write 16 KB, fsync it, rename it, fsync the
+  folder: what one durable commit costs at the least. A single association sends objects one
+  at a time, so with fsync on it cannot beat 1 / (this latency) objects per second.
+- Durable commit throughput (`measure_commit_bound`): the same sequence for the objects of a
+  row, their bytes already in memory (no network, no parsing), by one writer or by several
+  at once: an upper bound on the MB/s any server can reach with fsync on.
+
+Probe files are truncated, not deleted: their inodes stay until the bench removes its folders
+at the end (a burst of deletions would tax the next file creations, see run.py `_retire`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_CHUNK = 1024 * 1024
+#: Early write-back every this many bytes of a large object, as store-scp does.
+_WRITEBACK_EVERY = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback() -> object:
+    """sync_file_range(fd, 0, 0, WRITE) where the platform has it, else a no-op."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd: None
+    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    return lambda fd: fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_writeback = _start_writeback()
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,27 @@ class FlushResult:
         return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
 
 
+@dataclass(frozen=True)
+class CommitBound:
+    """Durable commits of `writers` x `objects` objects of `size` bytes, all writers at once."""
+
+    size: int
+    writers: int
+    objects: int
+    wall_s: float
+
+    @property
+    def mb_s(self) -> float:
+        return self.size * self.writers * self.objects / 1e6 / self.wall_s
+
+
+def _truncate_all(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                os.truncate(path, 0)
+
+
 def measure_flush(folder: Path, samples: int = 200, size: int = 16 * 1024) -> FlushResult:
     folder.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(size)
@@ -42,7 +92,7 @@ def measure_flush(folder: Path, samples: int = 200, size: int = 16 * 1024) -> Fl
             tmp = folder / f".probe-{i}.part"
             final = folder / f"probe-{i}.dcm"
             t0 = time.perf_counter()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, _CREATE, 0o644)
             try:
                 os.write(fd, payload)
                 os.fsync(fd)
@@ -51,9 +101,56 @@ def measure_flush(folder: Path, samples: int = 200, size: int = 16 * 1024) -> Fl
             os.rename(tmp, final)
             os.fsync(dir_fd)
             out.append((time.perf_counter() - t0) * 1000.0)
-        for i in range(samples):
-            (folder / f"probe-{i}.dcm").unlink(missing_ok=True)
-        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+        _truncate_all(folder)
     return FlushResult(out)
+
+
+def _commit_objects(folder: Path, payload: memoryview, objects: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(objects):
+            tmp = folder / f".{i}.part"
+            fd = os.open(tmp, _CREATE, 0o600)
+            try:
+                written = 0
+                while written < len(payload):
+                    written += os.write(fd, payload[written : written + _CHUNK])
+                    if written % _WRITEBACK_EVERY < _CHUNK and written >= _WRITEBACK_EVERY:
+                        _writeback(fd)  # type: ignore[operator]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, folder / f"{i}.dcm")
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def measure_commit_bound(folder: Path, size: int, writers: int, objects: int) -> CommitBound:
+    """Best-case MB/s of durable commits on this disk: create, write (with early write-back
+    for large objects, as store-scp), fsync, rename, fsync the folder; `writers` threads at
+    once, each into its own folder (the system calls run without the GIL)."""
+    payload = memoryview(os.urandom(min(size, 1 << 20)) * (size // min(size, 1 << 20) + 1))[:size]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            _commit_objects(folder / f"w{i}", payload, objects)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    _truncate_all(folder)
+    os.sync()
+    if errors:
+        raise errors[0]
+    return CommitBound(size=size, writers=writers, objects=objects, wall_s=wall)

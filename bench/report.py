@@ -54,6 +54,7 @@ class Context:
     facts: Mapping[str, str]
     datasets: Mapping[str, tuple[str, int, int]]  # key -> (name, files, bytes)
     flush: FlushResult
+    commit_bounds: Mapping[str, float]  # row -> best-case MB/s of durable commits on this disk
     gate_passed: bool
     gate_text: str
     show_unverified: bool
@@ -76,6 +77,48 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 def _check(ok: bool) -> str:
     return "ok" if ok else "MISS"
+
+
+def _bound_notes(
+    rk: str,
+    row: RowLike,
+    ctx: Context,
+    groups: Mapping[tuple[str, str], list[Mapping[str, Any]]],
+    dcmtk: float | None,
+) -> list[str]:
+    """Where a target asks for more than this machine allows any server, say so with the
+    measurement that shows it (taken in the same run)."""
+    if dcmtk is None:
+        return []
+    notes = []
+    ours = groups.get((rk, "store-scp-fsync-on"), [])
+    goal = RATIO_TARGETS.get((rk, "store-scp-fsync-on"))
+    bound = ctx.commit_bounds.get(rk)
+    if ours and goal is not None and bound is not None and dcmtk * goal > bound:
+        notes.append(
+            f"{rk}: the fsync-on target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} MB/s) is above "
+            f"what this disk allows for durable commits of these objects even with their bytes "
+            f"already in memory ({bound:,.0f} MB/s): the disk, not the code, bounds it"
+        )
+    base = groups.get((rk, "dcmtk"), [])
+    own = groups.get((rk, "store-scp-fsync-off"), [])
+    goal = RATIO_TARGETS.get((rk, "store-scp-fsync-off"))
+    if row.metric == "obj_s" and rk != "e" and goal is not None and base and own:
+        # storescu sends an object, then waits for its response before it reads its next
+        # file: its own work and the server's response time add up, object after object.
+        files = base[0]["files_sent"]
+        sender_us = _median(s.get("sender_cpu_s", float("nan")) for s in own) / files * 1e6
+        dcmtk_us = _median(s["cpu_s"] for s in base) / files * 1e6
+        budget_us = 1e6 / (dcmtk * goal) - sender_us
+        if sender_us == sender_us and budget_us < dcmtk_us:
+            notes.append(
+                f"{rk}: the fsync-off target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} objects/s, "
+                f"{1e6 / (dcmtk * goal):.0f} us per object) leaves {budget_us:.0f} us per object "
+                f"to the server beside storescu's own {sender_us:.0f} us of CPU (storescu waits "
+                f"for each response before it reads its next file); DCMTK's storescp itself "
+                f"spends {dcmtk_us:.0f} us of CPU per object"
+            )
+    return notes
 
 
 def render(
@@ -118,6 +161,15 @@ def render(
         f"{len(fl.samples_ms)} samples): median {fl.median_ms:.2f} ms, p90 {fl.p90_ms:.2f} ms "
         f"-> fsync on, one association: at most {fl.bound_objects_per_s:,.0f} objects/s"
     )
+    if ctx.commit_bounds:
+        out.append(
+            "- durable commits on this disk, best case (the row's objects already in memory: "
+            "create + write + fsync + rename + fsync dir, median of 3): "
+            + ", ".join(
+                f"{rk} {mb:,.0f} MB/s{' (16 writers)' if rk == 'd' else ''}"
+                for rk, mb in ctx.commit_bounds.items()
+            )
+        )
     out.append(f"- durability-order gate for fsync-on figures: {ctx.gate_text}")
     for family, why in ctx.unavailable.items():
         out.append(f"- {family}: not available ({why})")
@@ -130,10 +182,10 @@ def render(
     transfer_rows = [k for k in row_keys if rows[k].data]
     if transfer_rows:
         out.append(
-            "| row | server | durability | objects/s | MB/s | CPU s | idle RSS MB | "
-            "peak RSS MB | RSS growth MB | vs DCMTK | target |"
+            "| row | server | durability | objects/s | MB/s | CPU s | sender CPU s | idle RSS MB "
+            "| peak RSS MB | RSS growth MB | vs DCMTK | target |"
         )
-        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     dcmtk_metric: dict[str, float] = {}
     for rk in transfer_rows:
         row = rows[rk]
@@ -159,20 +211,21 @@ def render(
             if failed:
                 msg = failed[0]["error"]
                 out.append(
-                    f"| {title} | {name} | {durability} | FAILED | | | | | | | "
+                    f"| {title} | {name} | {durability} | FAILED | | | | | | | | "
                     f"{len(failed)}/{len(runs)} runs failed |"
                 )
                 notes.append(f"{rk} {server.key}: {msg}")
                 continue
             if withheld and not ctx.show_unverified:
                 out.append(
-                    f"| {title} | {name} | {durability} | withheld | | | | | | | "
+                    f"| {title} | {name} | {durability} | withheld | | | | | | | | "
                     "durability-order test not passed |"
                 )
                 continue
             obj = _median(s["obj_s"] for s in runs)
             mb = _median(s["mb_s"] for s in runs)
             cpu = _median(s["cpu_s"] for s in runs)
+            sender_cpu = _median(s.get("sender_cpu_s", float("nan")) for s in runs)
             idle = _median(s["idle_rss_mb"] for s in runs)
             peak = _median(s["peak_rss_mb"] for s in runs)
             growth = _median(s["rss_growth_mb"] for s in runs)
@@ -190,8 +243,8 @@ def render(
                 )
             out.append(
                 f"| {title} | {name} | {durability} | {_fmt(obj)} | {_fmt(mb)} | {_fmt(cpu, 2)} "
-                f"| {_fmt(idle)} | {_fmt(peak)} | {_fmt(growth)} | {ratio_txt} | "
-                f"{'; '.join(targets)} |"
+                f"| {_fmt(sender_cpu, 2)} | {_fmt(idle)} | {_fmt(peak)} | {_fmt(growth)} "
+                f"| {ratio_txt} | {'; '.join(targets)} |"
             )
         # One association, fsync on: at most one object per disk flush. Say so when the target
         # asks for more than this disk allows, whether or not the figure itself is shown.
@@ -209,6 +262,7 @@ def render(
                 f"({fl.bound_objects_per_s:,.0f} objects/s = 1 / median flush of "
                 f"{fl.median_ms:.2f} ms): the disk, not the code, bounds it"
             )
+        notes.extend(_bound_notes(rk, rows[rk], ctx, groups, dcmtk_metric.get(rk)))
     if transfer_rows:
         out.append("")
         out.append(

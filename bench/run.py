@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 import datagen
 import report
 import servers
-from diskflush import FlushResult, measure_flush
+from diskflush import FlushResult, measure_commit_bound, measure_flush
 from procmon import TreeMonitor
 from servers import HOST, Launch, ServerProcess, ServerSpec
 from ulclient import EchoError, measure_echo
@@ -56,6 +57,11 @@ ROWS: dict[str, Row] = {
 }
 
 
+#: Rows whose fsync-on target is checked against the disk: (writers, objects per writer). The
+#: objects have the size of the row's files; each bound is the median of three measurements.
+COMMIT_BOUNDS: dict[str, tuple[int, int]] = {"b": (1, 200), "c": (1, 6), "d": (16, 16)}
+
+
 @dataclass
 class RunSample:
     row: str
@@ -70,6 +76,7 @@ class RunSample:
     obj_s: float = 0.0
     mb_s: float = 0.0
     cpu_s: float = 0.0
+    sender_cpu_s: float = 0.0  # CPU of the storescu processes (user + system)
     idle_rss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     rss_growth_mb: float = 0.0
@@ -171,6 +178,11 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_transfer(
     row: Row, spec: ServerSpec, rep: int, data: datagen.DataSet, run_dir: Path
 ) -> RunSample:
@@ -200,6 +212,7 @@ def run_transfer(
         env = servers.base_env(nodelay=not row.nagle)
         logs = [run_dir / f"sender-{i:02d}.log" for i in range(len(folders))]
         handles = [open(p, "wb") for p in logs]  # noqa: SIM115 - closed below
+        children0 = _children_cpu()
         t0 = time.perf_counter()
         procs = [
             subprocess.Popen(
@@ -221,6 +234,8 @@ def run_transfer(
                 p.kill()
                 codes.append(p.wait())
         t1 = time.perf_counter()
+        # Only the senders end between the two readings: their CPU, whatever the server.
+        sample.sender_cpu_s = _children_cpu() - children0
         for h in handles:
             h.close()
         mon.stop()
@@ -434,6 +449,7 @@ def render_saved(path: Path, show_unverified: bool) -> int:
         facts=saved["environment"],
         datasets={k: (v["name"], v["files"], v["bytes"]) for k, v in saved["datasets"].items()},
         flush=FlushResult(saved["disk_flush_ms"]["samples"]),
+        commit_bounds={k: v["mb_s"] for k, v in saved.get("commit_bounds", {}).items()},
         gate_passed=saved["durability_gate"]["passed"],
         gate_text=saved["durability_gate"]["verdict"],
         show_unverified=show_unverified,
@@ -493,6 +509,26 @@ def main(argv: list[str] | None = None) -> int:
     flush: FlushResult = measure_flush(runs_dir / "flush-probe", samples=args.flush_samples)
     shutil.rmtree(runs_dir / "flush-probe", ignore_errors=True)
     log(f"disk flush: median {flush.median_ms:.2f} ms, p90 {flush.p90_ms:.2f} ms")
+    probes = runs_dir / "disk-probes"
+    commit_bounds: dict[str, dict[str, Any]] = {}
+    for row_key, (writers, objects) in COMMIT_BOUNDS.items():
+        if row_key not in args.rows or ROWS[row_key].data not in datasets:
+            continue
+        data = datasets[ROWS[row_key].data]
+        size = data.total_bytes // data.files
+        tries = [
+            measure_commit_bound(probes / f"{row_key}-{i}", size, writers, objects).mb_s
+            for i in range(3)
+        ]
+        commit_bounds[row_key] = {
+            "mb_s": statistics.median(tries),
+            "samples_mb_s": tries,
+            "size": size,
+            "writers": writers,
+            "objects_per_writer": objects,
+        }
+        log(f"durable commits, row {row_key}: median {statistics.median(tries):.0f} MB/s")
+    _retire(probes)
 
     samples: list[RunSample] = []
     for row_key in args.rows:
@@ -507,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     detail = (
                         f"{s.files_stored}/{s.files_sent} in {s.wall_s:.2f} s, "
-                        f"{s.obj_s:.0f} obj/s, {s.mb_s:.1f} MB/s, cpu {s.cpu_s:.2f} s, "
+                        f"{s.obj_s:.0f} obj/s, {s.mb_s:.1f} MB/s, cpu {s.cpu_s:.2f} s "
+                        f"(sender {s.sender_cpu_s:.2f} s), "
                         f"rss {s.idle_rss_mb:.0f}->{s.peak_rss_mb:.0f} MB"
                     )
                     if s.error:
@@ -523,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         facts=facts,
         datasets={k: (d.spec.name, d.files, d.total_bytes) for k, d in datasets.items()},
         flush=flush,
+        commit_bounds={k: v["mb_s"] for k, v in commit_bounds.items()},
         gate_passed=gate_passed,
         gate_text=gate_text,
         show_unverified=args.show_unverified,
@@ -553,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             "samples": flush.samples_ms,
             "what": "write 16 KB + fsync + rename + fsync dir",
         },
+        "commit_bounds": commit_bounds,
         "durability_gate": {"passed": gate_passed, "verdict": gate_text},
         "servers": {
             s.key: {"name": s.name, "durability": s.durability, "family": s.family}
