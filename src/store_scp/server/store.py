@@ -125,7 +125,10 @@ def _load_sync_file_range() -> Callable[[int], None] | None:
 
 
 _start_writeback = _load_sync_file_range()
-#: Dataset bytes between two early writebacks of a large object.
+#: Early writebacks: the first after this many dataset bytes (so that even a 0.5 MB object's
+#: disk write overlaps its receipt), then at doubling distances up to WRITEBACK_EVERY apart
+#: (each call walks the file's dirty pages: a 50 MB object needs a few, not hundreds).
+WRITEBACK_FIRST = 256 * 1024
 WRITEBACK_EVERY = 8 * 1024 * 1024
 
 
@@ -170,7 +173,7 @@ class StoreOperation:
         self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
         self._written = 0
-        self._writeback_at = WRITEBACK_EVERY if early_writeback and _start_writeback else -1
+        self._writeback_at = WRITEBACK_FIRST if early_writeback and _start_writeback else -1
         ts = uids.TRANSFER_SYNTAXES.get(transfer_syntax_uid)
         if ts is None and self.failure is None:
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "transfer syntax not supported")
@@ -273,7 +276,7 @@ class StoreOperation:
         self._written += len(data)
         if 0 < self._writeback_at <= self._written and _start_writeback is not None:
             _start_writeback(self._fd)
-            self._writeback_at = self._written + WRITEBACK_EVERY
+            self._writeback_at = self._written + min(self._written, WRITEBACK_EVERY)
 
     def finish(self, batch_for: BatchLookup) -> StoredInstance:
         """The last fragment has arrived: validate and name the object."""
