@@ -178,6 +178,16 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def _warm(root: Path) -> None:
+    """Read a row's files once, so that no server's first run pays for storescu reading them
+    from the disk (earlier rows' gigabytes may have pushed them out of the page cache)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -539,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[RunSample] = []
     for row_key in args.rows:
         row = ROWS[row_key]
+        if row.data:
+            _warm(datasets[row.data].root)
         row_specs = [s for s in active if not (row.key == "f" and s.key == "store-scp-fsync-off")]
         for rep in range(1, args.repeat + 1):
             for spec in row_specs:
