@@ -21,28 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from store_scp.server.store import WRITEBACK_EVERY, WRITEBACK_FIRST, start_writeback
+
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-#: Writes of 256 KB (store-scp's read buffer) and early write-back after 256 KB, then at
-#: doubling distances up to 8 MB apart, as store-scp does.
+#: Writes of 256 KB (store-scp's read buffer), early write-back on store-scp's schedule.
 _CHUNK = 256 * 1024
-_WRITEBACK_FIRST = 256 * 1024
-_WRITEBACK_EVERY = 8 * 1024 * 1024
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback() -> object:
-    """sync_file_range(fd, 0, 0, WRITE) where the platform has it, else a no-op."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd: None
-    fn.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-    return lambda fd: fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-_writeback = _start_writeback()
 
 
 @dataclass(frozen=True)
@@ -117,12 +100,12 @@ def _commit_objects(folder: Path, payload: memoryview, objects: int) -> None:
             tmp = folder / f".{i}.part"
             fd = os.open(tmp, _CREATE, 0o600)
             try:
-                written, writeback_at = 0, _WRITEBACK_FIRST
+                written, writeback_at = 0, WRITEBACK_FIRST
                 while written < len(payload):
                     written += os.write(fd, payload[written : written + _CHUNK])
-                    if written >= writeback_at:
-                        _writeback(fd)  # type: ignore[operator]
-                        writeback_at = written + min(written, _WRITEBACK_EVERY)
+                    if start_writeback is not None and written >= writeback_at:
+                        start_writeback(fd)
+                        writeback_at = written + min(written, WRITEBACK_EVERY)
                 os.fsync(fd)
             finally:
                 os.close(fd)

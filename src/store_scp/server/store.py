@@ -124,7 +124,7 @@ def _load_sync_file_range() -> Callable[[int], None] | None:
     return start_writeback
 
 
-_start_writeback = _load_sync_file_range()
+start_writeback = _load_sync_file_range()
 #: Early writebacks: the first after this many dataset bytes (so that even a 0.5 MB object's
 #: disk write overlaps its receipt), then at doubling distances up to WRITEBACK_EVERY apart
 #: (each call walks the file's dirty pages: a 50 MB object needs a few, not hundreds).
@@ -173,7 +173,7 @@ class StoreOperation:
         self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
         self._written = 0
-        self._writeback_at = WRITEBACK_FIRST if early_writeback and _start_writeback else -1
+        self._writeback_at = WRITEBACK_FIRST if early_writeback and start_writeback else -1
         ts = uids.TRANSFER_SYNTAXES.get(transfer_syntax_uid)
         if ts is None and self.failure is None:
             self.failure = StoreFailure(dimse.CANNOT_UNDERSTAND, "transfer syntax not supported")
@@ -274,8 +274,8 @@ class StoreOperation:
             return
         self._hash.update(data, self._lease() if self._lease else None)
         self._written += len(data)
-        if 0 < self._writeback_at <= self._written and _start_writeback is not None:
-            _start_writeback(self._fd)
+        if 0 < self._writeback_at <= self._written and start_writeback is not None:
+            start_writeback(self._fd)
             self._writeback_at = self._written + min(self._written, WRITEBACK_EVERY)
 
     def finish(self, batch_for: BatchLookup) -> StoredInstance:
