@@ -7,13 +7,12 @@
   row, their bytes already in memory (no network, no parsing), by one writer or by several
   at once: an upper bound on the MB/s any server can reach with fsync on.
 
-Probe files are truncated, not deleted: their inodes stay until the bench removes its folders
-at the end (a burst of deletions would tax the next file creations, see run.py `_retire`).
+The probes leave their files in place: the bench retires their folders as it does a run's
+(truncated at once, deleted at the end; see run.py `_retire`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import threading
@@ -21,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from store_scp.server.store import WRITEBACK_EVERY, WRITEBACK_FIRST, start_writeback
+from store_scp.server.store import WRITEBACK_FIRST, next_writeback, start_writeback
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 #: Writes of 256 KB (store-scp's read buffer), early write-back on store-scp's schedule.
@@ -60,13 +59,6 @@ class CommitBound:
         return self.size * self.writers * self.objects / 1e6 / self.wall_s
 
 
-def _truncate_all(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with contextlib.suppress(OSError):
-                os.truncate(path, 0)
-
-
 def measure_flush(folder: Path, samples: int = 200, size: int = 16 * 1024) -> FlushResult:
     folder.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(size)
@@ -88,7 +80,6 @@ def measure_flush(folder: Path, samples: int = 200, size: int = 16 * 1024) -> Fl
             out.append((time.perf_counter() - t0) * 1000.0)
     finally:
         os.close(dir_fd)
-        _truncate_all(folder)
     return FlushResult(out)
 
 
@@ -105,7 +96,7 @@ def _commit_objects(folder: Path, payload: memoryview, objects: int) -> None:
                     written += os.write(fd, payload[written : written + _CHUNK])
                     if start_writeback is not None and written >= writeback_at:
                         start_writeback(fd)
-                        writeback_at = written + min(written, WRITEBACK_EVERY)
+                        writeback_at = next_writeback(written)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -119,7 +110,7 @@ def measure_commit_bound(folder: Path, size: int, writers: int, objects: int) ->
     """Best-case MB/s of durable commits on this disk: create, write (with early write-back,
     as store-scp), fsync, rename, fsync the folder; `writers` threads at
     once, each into its own folder (the system calls run without the GIL)."""
-    payload = memoryview(os.urandom(min(size, 1 << 20)) * (size // min(size, 1 << 20) + 1))[:size]
+    payload = memoryview(os.urandom(size))
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
@@ -135,7 +126,6 @@ def measure_commit_bound(folder: Path, size: int, writers: int, objects: int) ->
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    _truncate_all(folder)
     os.sync()
     if errors:
         raise errors[0]

@@ -93,6 +93,16 @@ def _bound_notes(
     notes = []
     ours = groups.get((rk, "store-scp-fsync-on"), [])
     goal = RATIO_TARGETS.get((rk, "store-scp-fsync-on"))
+    fl = ctx.flush
+    # One association, fsync on: at most one object per disk flush. Said whether or not the
+    # figure itself is shown.
+    if rk in ("a", "e") and ours and goal is not None and dcmtk * goal > fl.bound_objects_per_s:
+        notes.append(
+            f"{rk}: the fsync-on target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} "
+            f"objects/s) is above what this disk allows with fsync on over one association "
+            f"({fl.bound_objects_per_s:,.0f} objects/s = 1 / median flush of "
+            f"{fl.median_ms:.2f} ms): the disk, not the code, bounds it"
+        )
     bound = ctx.commit_bounds.get(rk)
     if ours and goal is not None and bound is not None and dcmtk * goal > bound:
         notes.append(
@@ -245,22 +255,6 @@ def render(
                 f"| {title} | {name} | {durability} | {_fmt(obj)} | {_fmt(mb)} | {_fmt(cpu, 2)} "
                 f"| {_fmt(sender_cpu, 2)} | {_fmt(idle)} | {_fmt(peak)} | {_fmt(growth)} "
                 f"| {ratio_txt} | {'; '.join(targets)} |"
-            )
-        # One association, fsync on: at most one object per disk flush. Say so when the target
-        # asks for more than this disk allows, whether or not the figure itself is shown.
-        goal = RATIO_TARGETS.get((rk, "store-scp-fsync-on"))
-        if (
-            rk in ("a", "e")
-            and goal is not None
-            and rk in dcmtk_metric
-            and (rk, "store-scp-fsync-on") in groups
-            and dcmtk_metric[rk] * goal > fl.bound_objects_per_s
-        ):
-            notes.append(
-                f"{rk}: the fsync-on target ({goal:g}x DCMTK = {dcmtk_metric[rk] * goal:,.0f} "
-                f"objects/s) is above what this disk allows with fsync on over one association "
-                f"({fl.bound_objects_per_s:,.0f} objects/s = 1 / median flush of "
-                f"{fl.median_ms:.2f} ms): the disk, not the code, bounds it"
             )
         notes.extend(_bound_notes(rk, rows[rk], ctx, groups, dcmtk_metric.get(rk)))
     if transfer_rows:

@@ -395,7 +395,7 @@ def durability_gate(expr: str) -> tuple[bool, str]:
 
 
 def measure_commit_bounds(
-    rows: list[str], datasets: dict[str, datagen.DataSet], probes: Path
+    rows: list[str], datasets: dict[str, datagen.DataSet], runs_dir: Path
 ) -> dict[str, dict[str, Any]]:
     """The disk's best-case durable-commit MB/s for the rows of COMMIT_BOUNDS that run."""
     bounds: dict[str, dict[str, Any]] = {}
@@ -404,10 +404,11 @@ def measure_commit_bounds(
             continue
         data = datasets[ROWS[row_key].data]
         size = data.total_bytes // data.files
-        tries = [
-            measure_commit_bound(probes / f"{row_key}-{i}", size, writers, objects).mb_s
-            for i in range(3)
-        ]
+        tries = []
+        for i in range(3):
+            folder = runs_dir / f"commit-probe-{row_key}-{i}"
+            tries.append(measure_commit_bound(folder, size, writers, objects).mb_s)
+            _retire(folder)  # its space is free again before the next measurement
         bounds[row_key] = {
             "mb_s": statistics.median(tries),
             "samples_mb_s": tries,
@@ -416,7 +417,6 @@ def measure_commit_bounds(
             "objects_per_writer": objects,
         }
         log(f"durable commits, row {row_key}: median {statistics.median(tries):.0f} MB/s")
-    _retire(probes)
     return bounds
 
 
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     # The disk, in the same run.
     log("measuring disk flush latency ...")
     flush: FlushResult = measure_flush(runs_dir / "flush-probe", samples=args.flush_samples)
-    shutil.rmtree(runs_dir / "flush-probe", ignore_errors=True)
+    _retire(runs_dir / "flush-probe")
     log(f"disk flush: median {flush.median_ms:.2f} ms, p90 {flush.p90_ms:.2f} ms")
 
     samples: list[RunSample] = []
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # After the servers: half a gigabyte of fsynced writes and truncations just before the
     # first runs could slow their file creations (whichever server runs first).
-    commit_bounds = measure_commit_bounds(args.rows, datasets, runs_dir / "disk-probes")
+    commit_bounds = measure_commit_bounds(args.rows, datasets, runs_dir)
 
     elapsed = time.monotonic() - started
     ctx = report.Context(

@@ -132,6 +132,11 @@ WRITEBACK_FIRST = 256 * 1024
 WRITEBACK_EVERY = 8 * 1024 * 1024
 
 
+def next_writeback(written: int) -> int:
+    """Where the next early writeback falls, once one was started after `written` bytes."""
+    return written + min(written, WRITEBACK_EVERY)
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -276,7 +281,7 @@ class StoreOperation:
         self._written += len(data)
         if 0 < self._writeback_at <= self._written and start_writeback is not None:
             start_writeback(self._fd)
-            self._writeback_at = self._written + min(self._written, WRITEBACK_EVERY)
+            self._writeback_at = next_writeback(self._written)
 
     def finish(self, batch_for: BatchLookup) -> StoredInstance:
         """The last fragment has arrived: validate and name the object."""
