@@ -3,9 +3,12 @@ metrics over HTTP, several processes on one port, and the S3 object store end to
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def make_file(
-    folder: Path, *, patient_name: str = PATIENT_NAME, study: str | None = None
+    folder: Path, *, patient_name: str = PATIENT_NAME, study: str | None = None, side: int = 8
 ) -> tuple[Path, str]:
     ds = Dataset()
     ds.SOPClassUID = CT
@@ -38,13 +41,13 @@ def make_file(
     ds.PatientID = PATIENT_ID
     ds.PatientBirthDate = BIRTH_DATE
     ds.Modality = "CT"
-    ds.Rows = ds.Columns = 8
+    ds.Rows = ds.Columns = side
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelRepresentation = 0
-    ds.PixelData = bytes(128)
+    ds.PixelData = os.urandom(2 * side * side)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -103,6 +106,28 @@ def test_no_patient_data_in_logs_and_limit_warnings_name_the_element(tmp_path: P
     assert over_uid in str(warning["key"])
     stored = {pydicom.dcmread(p).SOPInstanceUID: p for p in server.stored_files()}
     assert pydicom.dcmread(stored[over_uid]).PatientName == long_name  # stored all the same
+
+
+def test_receipts_carry_the_digest_of_the_stored_dataset(tmp_path: Path) -> None:
+    """Small objects are hashed inline, large ones by the hashing thread after the response:
+    every receipt's SHA-256 is that of the dataset bytes in the committed file, and a
+    graceful stop waits for the digests still being computed."""
+    sides = [8, 128, 1024, 2048, 3000]  # 128 B, 32 KB, 2 MB, 8 MB, 18 MB of pixels
+    files = [make_file(tmp_path / "in", side=side)[0] for side in sides]
+    server = start_server(tmp_path / "srv")
+    try:
+        storescu(server.port, *files)
+    finally:
+        assert server.stop() == 0
+    db = sqlite3.connect(server.data_dir / "tracker.sqlite3")
+    receipts = dict(db.execute("SELECT key, sha256 FROM receipts").fetchall())
+    db.close()
+    stored = {p.relative_to(server.objects_dir).as_posix(): p for p in server.stored_files()}
+    assert len(stored) == len(sides) and set(receipts) == set(stored)
+    for key, path in stored.items():
+        data = path.read_bytes()
+        group_length = int.from_bytes(data[140:144], "little")  # (0002,0000), explicit VR
+        assert receipts.get(key) == hashlib.sha256(data[144 + group_length :]).hexdigest(), key
 
 
 def test_probes_and_metrics_over_http(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from ..pipeline.policy import SealPolicy
 from ..storage.base import ObjectStore
 from ..tracking.base import Receipt, Tracker
 from ..tracking.writer import ReceiptWriter
-from .hashing import HashThread
+from .hashing import FileHasher, HashJob
 from .session import Session
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ log = logging.getLogger("store_scp.listener")
 
 # An AWS NLB drops a connection idle for 350 s: probe well before that.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 15, 4
+#: Bytes committed but not hashed yet beyond which responses wait for the hashing thread:
+#: the bytes it reads back are then still in the page cache.
+MAX_HASH_BACKLOG = 64 * 1024 * 1024
 
 
 def _seal(tracker: Tracker, *, batch_id: str, owner: str) -> bool:
@@ -87,7 +91,8 @@ class Server:
         self._local = settings.object_store == "local"
         self._local_fsync = bool(getattr(store, "fsync", True))
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-io")
-        self.hash_thread = HashThread()
+        self.hasher = FileHasher()
+        self.digests_pending = 0  # committed objects whose receipt waits for its digest
         self.sessions: set[Session] = set()
         self.active = 0
         self.per_ae: dict[str, int] = {}
@@ -204,10 +209,31 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def record_receipt(self, receipt: Receipt) -> None:
+    def hash_backlog_full(self) -> bool:
+        return self.hasher.backlog > MAX_HASH_BACKLOG
+
+    async def hash_backlog_room(self) -> None:
+        """Wait while the hashing thread is far behind (responses then wait too, which slows
+        the senders down to the hashing speed; only reached under overload)."""
+        while self.hash_backlog_full():
+            await asyncio.sleep(0.002)
+
+    def record_when_hashed(self, job: HashJob, receipt: Receipt, batch_id: str) -> None:
+        """record_receipt once the object's digest is known."""
+        self.digests_pending += 1
+
+        def hashed(digest: str) -> None:
+            self.digests_pending -= 1
+            self.record_receipt(replace(receipt, sha256=digest), batch_id)
+
+        self.hasher.when_done(job, asyncio.get_running_loop(), hashed)
+
+    def record_receipt(self, receipt: Receipt, batch_id: str) -> None:
         """After the response: the committed object is the record, so a failure here is logged
-        and repaired by the start-up reconciler, never turned into a failed C-STORE."""
+        and repaired by the start-up reconciler, never turned into a failed C-STORE. The
+        object's batch may be sealed once its receipt is queued."""
         self.receipts.submit(receipt)
+        self.batches.done(batch_id)
         why = import_rejection(receipt.sop_class_uid, receipt.transfer_syntax_uid)
         if why:
             # Stored all the same (nothing is lost); no job will ever take it.
@@ -268,9 +294,19 @@ class Server:
         for server in self._servers:
             await server.wait_closed()
         self.executor.shutdown(wait=True)
+        # Receipts still waiting for their digest (the hashing thread is at most
+        # MAX_HASH_BACKLOG behind: about a tenth of a second per 200 MB).
+        deadline = asyncio.get_running_loop().time() + max(grace, 10.0)
+        while self.digests_pending and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        if self.digests_pending:
+            log.error(
+                "receipts left to the start-up reconciler: digests not ready at shutdown",
+                extra={"objects": self.digests_pending},
+            )
         # What was received is sealed for import; the next process opens new batches.
         self.batches.roll()
         self._seal_closed()
         self.receipts.close()
-        self.hash_thread.close()
+        self.hasher.close()
         log.info("stopped")

@@ -31,7 +31,6 @@ from ..dicom.negotiation import (
 )
 from ..storage.base import StorageError
 from ..tracking.base import Receipt
-from .hashing import Lease, ReadBuffers
 from .store import StoredInstance, StoreFailure, StoreOperation, drop_staging, open_staging
 from .tls import peer_common_name
 
@@ -44,9 +43,9 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _TLS_RECORD_HANDSHAKE = 0x16
 
 
-#: Receive buffers per association, reused for every read (see hashing.ReadBuffers): large
-#: reads mean few system calls, reuse means no fresh pages (page faults cost more than the
-#: copy they would replace).
+#: The receive buffer of an association, reused for every read: large reads mean few system
+#: calls, reuse means no fresh pages (page faults cost more than the copy they would replace).
+#: Dataset bytes leave it for the staging file within the read that brought them.
 READ_BUFFER_SIZE = 256 * 1024
 
 
@@ -83,8 +82,7 @@ class Session(asyncio.BufferedProtocol):
         self._events: collections.deque[A.Event] = collections.deque()
         self._backlog: list[bytes] = []  # bytes read while a commit was in flight
         self._watchdog: asyncio.TimerHandle | None = None
-        self._buffers = ReadBuffers(READ_BUFFER_SIZE, server.hash_thread)
-        self._rbuf: memoryview | None = None
+        self._rbuf = memoryview(bytearray(READ_BUFFER_SIZE))
         # A staging file opened while the peer prepares its next object, off the latency path
         self._spare: tuple[int, Path] | None = None
 
@@ -127,11 +125,9 @@ class Session(asyncio.BufferedProtocol):
         self._arm_watchdog()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        self._rbuf = self._buffers.get()
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._rbuf is not None
         self.data_received(self._rbuf[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -463,12 +459,8 @@ class Session(asyncio.BufferedProtocol):
             max_object_size=self.settings.max_object_size,
             refuse=refuse,
             early_writeback=self.settings.fsync,
-            hash_thread=self.server.hash_thread,
-            lease=self._current_lease,
+            hasher=self.server.hasher,
         )
-
-    def _current_lease(self) -> Lease:
-        return self._buffers.current
 
     def _finish_store(self, op: StoreOperation) -> None:
         command = self._command
@@ -481,10 +473,11 @@ class Session(asyncio.BufferedProtocol):
             op.discard()
             self._answer_store(ctx_id, command, failure, op=op)
             return
-        if not self.server.commit_in_thread():
+        if not self.server.commit_in_thread() and not self.server.hash_backlog_full():
             self._commit_done(ctx_id, command, op, stored, self._commit_sync(stored))
             return
-        # Durable commit in a worker thread; reading pauses so the peer cannot run ahead.
+        # Durable commit in a worker thread (and room made in the hashing backlog, if it is
+        # full); reading pauses so the peer cannot run ahead.
         self._busy = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -517,7 +510,11 @@ class Session(asyncio.BufferedProtocol):
         self, ctx_id: int, command: dimse.Command, op: StoreOperation, stored: StoredInstance
     ) -> None:
         loop = asyncio.get_running_loop()
-        failure = await loop.run_in_executor(self.server.executor, self._commit_sync, stored)
+        if self.server.commit_in_thread():
+            failure = await loop.run_in_executor(self.server.executor, self._commit_sync, stored)
+        else:
+            failure = self._commit_sync(stored)
+        await self.server.hash_backlog_room()
         self._commit_done(ctx_id, command, op, stored, failure)
         self._busy = False
         if self.transport is not None and not self.closed:
@@ -534,10 +531,17 @@ class Session(asyncio.BufferedProtocol):
     ) -> None:
         self._answer_store(ctx_id, command, failure, op=op, stored=stored)
         op.close_file()
-        if failure is None:
+        job = stored.digest_job
+        if failure is not None:
+            if job is not None:
+                self.server.hasher.cancel(job)
+            self.server.batches.done(stored.batch_id)
+        else:
             failpoints.hit("receive.answered")
-            self.server.record_receipt(self._receipt(stored))
-        self.server.batches.done(stored.batch_id)
+            if job is None:
+                self.server.record_receipt(self._receipt(stored), stored.batch_id)
+            else:
+                self.server.record_when_hashed(job, self._receipt(stored), stored.batch_id)
         if self._spare is None and not self.closed:
             try:
                 self._spare = open_staging(self.server.store.staging_dir)

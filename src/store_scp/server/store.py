@@ -22,9 +22,10 @@ from pathlib import Path
 
 from ..dicom import dimse, uids
 from ..dicom.header import HeaderError, HeaderInfo, HeaderScanner, file_meta
-from .hashing import HashThread, Lease, StreamHash
+from .hashing import FileHasher, HashJob, StreamHash
 
-_STAGING_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# Read and write: the hashing thread reads large objects back (see hashing.py).
+_STAGING_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _staging_counter = itertools.count()
 _staging_token = secrets.token_hex(4)
 
@@ -101,7 +102,8 @@ class StoredInstance:
     transfer_syntax_uid: str
     size: int  # Part 10 file size
     dataset_size: int
-    sha256: str
+    sha256: str  # "" while `digest_job` is still hashing
+    digest_job: HashJob | None
     header: HeaderInfo
     stripped_meta: int  # bytes of group 0002 elements removed from the start of the dataset
 
@@ -159,8 +161,7 @@ class StoreOperation:
         refuse: StoreFailure | None = None,
         staging: tuple[int, Path] | None = None,
         early_writeback: bool = False,
-        hash_thread: HashThread | None = None,
-        lease: Callable[[], Lease] | None = None,
+        hasher: FileHasher | None = None,
     ) -> None:
         """`staging`: a staging file opened in advance (see open_staging), else one is made."""
         self.started = time.monotonic()
@@ -172,8 +173,7 @@ class StoreOperation:
         self.failure = refuse
         self._fd = -1
         self.staging: Path | None = None
-        self._hash = StreamHash(hash_thread)
-        self._lease = lease  # the current read buffer's lease, for hand-overs
+        self._hash = StreamHash(hasher)
         self._pending: list[bytes | memoryview] = []  # bytes held until group 0002 is known
         self._meta = b""  # the Part 10 header, written together with the first dataset bytes
         self._meta_len = 0
@@ -277,8 +277,8 @@ class StoreOperation:
         except OSError as exc:
             self._fail_io(exc)
             return
-        self._hash.update(data, self._lease() if self._lease else None)
         self._written += len(data)
+        self._hash.update(data, self._fd, self._meta_len + self._written)
         if 0 < self._writeback_at <= self._written and start_writeback is not None:
             start_writeback(self._fd)
             self._writeback_at = next_writeback(self._written)
@@ -308,6 +308,7 @@ class StoreOperation:
         study = info.study_instance_uid if key_safe(info.study_instance_uid) else "_"
         series = info.series_instance_uid if key_safe(info.series_instance_uid) else "_"
         size = self._meta_len + self._written
+        digest = self._hash.end(size)
         batch_id = batch_for(self.sop_instance_uid, size, (study, f"{study}/{series}"))
         return StoredInstance(
             staging=self.staging,
@@ -320,7 +321,8 @@ class StoreOperation:
             transfer_syntax_uid=self.transfer_syntax_uid,
             size=size,
             dataset_size=self._written,
-            sha256=self._hash.hexdigest(),
+            sha256=digest or "",
+            digest_job=self._hash.job if digest is None else None,
             header=info,
             stripped_meta=info.file_meta_prefix,
         )
@@ -341,6 +343,7 @@ class StoreOperation:
 
     def discard(self) -> None:
         """Drop the staging file; nothing of this object is ever visible. Idempotent."""
+        self._hash.cancel()
         self.close_file()
         if self.staging is not None:
             with contextlib.suppress(OSError):
