@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from store_scp.server.hashing import CHUNK, OFFLOAD_MIN, FileHasher, StreamHash
+from store_scp.server.hashing import CHUNK, MAX_JOBS, OFFLOAD_MIN, FileHasher, StreamHash
 
 
 @pytest.fixture
@@ -189,3 +189,23 @@ def test_close_drops_unfinished_jobs_and_their_descriptors(tmp_path: Path) -> No
     os.close(w.fd)
     hasher.close()
     assert open_fds() == before
+
+
+def test_beyond_max_jobs_objects_are_hashed_inline(tmp_path: Path) -> None:
+    """A thread that falls behind never holds more than MAX_JOBS descriptors."""
+    hasher = FileHasher()
+    try:
+        hasher.close()  # a stopped thread: every job stays unfinished
+        writers = [Writer(tmp_path / f"{i}.part", hasher) for i in range(MAX_JOBS + 3)]
+        for w in writers:
+            w.write(os.urandom(OFFLOAD_MIN + 1))
+        offloaded = [w for w in writers if w.stream.job is not None]
+        assert len(offloaded) == MAX_JOBS
+        for w in writers[MAX_JOBS:]:
+            assert w.stream.end(w.offset) == w.expected.hexdigest()
+        for w in offloaded:
+            assert w.stream.job is not None
+            os.close(w.stream.job.fd)  # no thread is left to close them
+    finally:
+        for w in writers:
+            os.close(w.fd)
