@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cpubound import CpuFacts, cpu_bound_mb_s
 from diskflush import FlushResult
 
 # store-scp performance targets: minimum ratio to DCMTK on the row's metric.
@@ -60,6 +61,7 @@ class Context:
     show_unverified: bool
     unavailable: Mapping[str, str]
     elapsed_s: float
+    cpu: CpuFacts | None = None  # absent from results saved before it was measured
 
 
 def _median(values: Iterable[float]) -> float:
@@ -121,14 +123,67 @@ def _bound_notes(
         dcmtk_us = _median(s["cpu_s"] for s in base) / files * 1e6
         budget_us = 1e6 / (dcmtk * goal) - sender_us
         if sender_us == sender_us and budget_us < dcmtk_us:
-            notes.append(
+            note = (
                 f"{rk}: the fsync-off target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} objects/s, "
                 f"{1e6 / (dcmtk * goal):.0f} us per object) leaves {budget_us:.0f} us per object "
                 f"to the server beside storescu's own {sender_us:.0f} us of CPU (storescu waits "
                 f"for each response before it reads its next file); DCMTK's storescp itself "
                 f"spends {dcmtk_us:.0f} us of CPU per object"
             )
+            if ctx.cpu is not None:
+                floor = ctx.cpu.store_floor_us
+                note += (
+                    f"; the system calls alone that any receiver storing each object as a file "
+                    f"makes between an object's last byte and its answer (recv, write, rename, "
+                    f"send) take {floor:.1f} us here"
+                )
+                if floor >= budget_us:
+                    note += ": the machine, not the code, bounds it"
+                else:
+                    note += (
+                        f", which leaves {budget_us - floor:.1f} us for waking up and parsing "
+                        f"the PDU, the command and the data set header"
+                    )
+            notes.append(note)
+    notes.extend(_cpu_bound_notes(rk, row, ctx, groups, dcmtk))
     return notes
+
+
+def _cpu_bound_notes(
+    rk: str,
+    row: RowLike,
+    ctx: Context,
+    groups: Mapping[tuple[str, str], list[Mapping[str, Any]]],
+    dcmtk: float,
+) -> list[str]:
+    """MB/s targets above what the cores can give a receiver as lean as DCMTK's storescp
+    that also computes the SHA-256 store-scp must compute, beside the sender's CPU."""
+    base = groups.get((rk, "dcmtk"), [])
+    ds = ctx.datasets.get(row.data)
+    if row.metric != "mb_s" or ctx.cpu is None or not base or ds is None:
+        return []
+    sender = _median(s.get("sender_cpu_s", float("nan")) for s in base)
+    receiver = _median(s["cpu_s"] for s in base)
+    total = ds[2]
+    cpu = ctx.cpu
+    bound = cpu_bound_mb_s(total, cpu.cores, sender, receiver, cpu.sha256_bytes_per_s)
+    above = [
+        f"fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} MB/s)"
+        for mode in ("off", "on")
+        if groups.get((rk, f"store-scp-fsync-{mode}"))
+        and (goal := RATIO_TARGETS.get((rk, f"store-scp-fsync-{mode}"))) is not None
+        and dcmtk * goal > bound
+    ]
+    if bound != bound or not above:
+        return []
+    return [
+        f"{rk}: the {' and the '.join(above)} {'is' if len(above) == 1 else 'are'} above what "
+        f"{cpu.cores} cores allow: a receiver as lean as DCMTK's storescp in this row "
+        f"({receiver:.2f} s of CPU) that also computes the SHA-256 of every byte "
+        f"({cpu.sha256_bytes_per_s / 1e9:.2f} GB/s here: {total / cpu.sha256_bytes_per_s:.2f} s), "
+        f"beside the sender's {sender:.2f} s, reaches at most {bound:,.0f} MB/s: the CPU, not "
+        f"the code, bounds it"
+    ]
 
 
 def render(
@@ -179,6 +234,13 @@ def render(
                 f"{rk} {mb:,.0f} MB/s{' (16 writers)' if rk == 'd' else ''}"
                 for rk, mb in ctx.commit_bounds.items()
             )
+        )
+    if ctx.cpu is not None:
+        out.append(
+            f"- CPU: SHA-256 (hashlib, which store-scp must run over every dataset byte) "
+            f"{ctx.cpu.sha256_bytes_per_s / 1e9:.2f} GB/s on one core; store floor of a 16 KB "
+            f"object (recv + write + rename + send over loopback TCP, no parsing) "
+            f"{ctx.cpu.store_floor_us:.1f} us"
         )
     out.append(f"- durability-order gate for fsync-on figures: {ctx.gate_text}")
     for family, why in ctx.unavailable.items():

@@ -27,6 +27,7 @@ from typing import Any
 import datagen
 import report
 import servers
+from cpubound import CpuFacts, measure_sha256, measure_store_floor
 from diskflush import FlushResult, measure_commit_bound, measure_flush
 from procmon import TreeMonitor
 from servers import HOST, Launch, ServerProcess, ServerSpec
@@ -420,6 +421,15 @@ def measure_commit_bounds(
     return bounds
 
 
+def measure_cpu(runs_dir: Path) -> CpuFacts:
+    """SHA-256 rate and the store floor of a 16 KB object on this machine (see cpubound)."""
+    sha = measure_sha256()
+    floor = measure_store_floor(runs_dir / "store-floor-probe")
+    _retire(runs_dir / "store-floor-probe")
+    log(f"SHA-256 {sha / 1e9:.2f} GB/s; store floor of a 16 KB object {floor:.1f} us")
+    return CpuFacts(cores=os.cpu_count() or 1, sha256_bytes_per_s=sha, store_floor_us=floor)
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -491,6 +501,7 @@ def render_saved(path: Path, show_unverified: bool) -> int:
         show_unverified=show_unverified,
         unavailable=saved["unavailable"],
         elapsed_s=saved["elapsed_s"],
+        cpu=CpuFacts(**saved["cpu"]) if "cpu" in saved else None,
     )
     print(report.render(ctx, saved["samples"], ROWS, servers.ALL_SERVERS))
     return 0
@@ -573,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     # After the servers: half a gigabyte of fsynced writes and truncations just before the
     # first runs could slow their file creations (whichever server runs first).
     commit_bounds = measure_commit_bounds(args.rows, datasets, runs_dir)
+    cpu = measure_cpu(runs_dir)
 
     elapsed = time.monotonic() - started
     ctx = report.Context(
@@ -588,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         show_unverified=args.show_unverified,
         unavailable=unavailable,
         elapsed_s=elapsed,
+        cpu=cpu,
     )
     text = report.render(ctx, [asdict(s) for s in samples], ROWS, servers.ALL_SERVERS)
     print(text)
@@ -614,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             "what": "write 16 KB + fsync + rename + fsync dir",
         },
         "commit_bounds": commit_bounds,
+        "cpu": asdict(cpu),
         "durability_gate": {"passed": gate_passed, "verdict": gate_text},
         "servers": {
             s.key: {"name": s.name, "durability": s.durability, "family": s.family}

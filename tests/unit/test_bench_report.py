@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import cpubound
 import diskflush
 import report
 from run import ROWS
@@ -34,13 +35,18 @@ def _sample(row: str, server: str, *, obj_s: float, mb_s: float, cpu_s: float, s
     }
 
 
-def _render(samples: list[dict[str, Any]], bounds: dict[str, float]) -> str:
+def _render(
+    samples: list[dict[str, Any]],
+    bounds: dict[str, float],
+    cpu: cpubound.CpuFacts | None = None,
+    datasets: dict[str, tuple[str, int, int]] | None = None,
+) -> str:
     ctx = report.Context(
         command="test",
         quick=False,
         repeat=1,
         facts={},
-        datasets={},
+        datasets=datasets or {},
         flush=diskflush.FlushResult([0.5]),
         commit_bounds=bounds,
         gate_passed=True,
@@ -48,6 +54,7 @@ def _render(samples: list[dict[str, Any]], bounds: dict[str, float]) -> str:
         show_unverified=False,
         unavailable={},
         elapsed_s=1.0,
+        cpu=cpu,
     )
     return report.render(ctx, samples, ROWS, ALL_SERVERS)
 
@@ -90,3 +97,75 @@ def test_commit_bound_writes_and_syncs_every_object(tmp_path: Path) -> None:
     placed = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.dcm"))
     assert placed == [f"w{w}/{i}.dcm" for w in range(3) for i in range(4)]
     assert not list(tmp_path.rglob("*.part"))
+
+
+# --- CPU bounds ------------------------------------------------------------------------------
+
+MEDIUM = {"medium": ("ct512k-2000", 2000, 1_000_000_000)}
+
+
+def test_cpu_bound_arithmetic() -> None:
+    # 1 GB: 1.0 s sender + 0.5 s receiver + 0.5 s SHA-256 = 2 CPU-s on 2 cores -> 1 s.
+    assert cpubound.cpu_bound_mb_s(10**9, 2, 1.0, 0.5, 2e9) == pytest.approx(1000)
+    assert cpubound.cpu_bound_mb_s(10**9, 4, 1.0, 0.5, 2e9) == pytest.approx(2000)
+
+
+def _row_d(dcmtk_mb_s: float, dcmtk_cpu: float, sender: float) -> list[dict[str, Any]]:
+    return [
+        _sample("d", "dcmtk", obj_s=1, mb_s=dcmtk_mb_s, cpu_s=dcmtk_cpu, sender=sender),
+        _sample("d", "store-scp-fsync-on", obj_s=1, mb_s=400, cpu_s=3, sender=1),
+        _sample("d", "store-scp-fsync-off", obj_s=1, mb_s=500, cpu_s=3, sender=1),
+    ]
+
+
+def test_cpu_bound_note_when_the_cores_cannot_reach_the_target() -> None:
+    cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=13.0)
+    text = _render(_row_d(1200, 0.5, 1.0), {}, cpu, MEDIUM)  # bound: 1,000 MB/s
+    assert (
+        "d: the fsync-off target (1x DCMTK = 1,200 MB/s) and the fsync-on target "
+        "(1x DCMTK = 1,200 MB/s) are above what 2 cores allow" in text
+    )
+    assert "(2.00 GB/s here: 0.50 s), beside the sender's 1.00 s, reaches at most 1,000" in text
+    assert "the CPU, not the code, bounds it" in text
+
+
+def test_no_cpu_bound_note_within_reach_or_without_the_measurement() -> None:
+    cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=13.0)
+    assert "the CPU, not the code" not in _render(_row_d(900, 0.5, 1.0), {}, cpu, MEDIUM)
+    assert "the CPU, not the code" not in _render(_row_d(1200, 0.5, 1.0), {}, None, MEDIUM)
+
+
+def test_row_c_names_only_the_target_above_the_bound() -> None:
+    cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=13.0)
+    samples = [
+        _sample("c", "dcmtk", obj_s=1, mb_s=1100, cpu_s=0.5, sender=1.0),
+        _sample("c", "store-scp-fsync-on", obj_s=1, mb_s=600, cpu_s=2, sender=1),
+        _sample("c", "store-scp-fsync-off", obj_s=1, mb_s=700, cpu_s=2, sender=1),
+    ]
+    text = _render(samples, {}, cpu, {"large": ("mr50m-20", 20, 1_000_000_000)})
+    # 1.0x = 1,100 is above the 1,000 MB/s bound; 0.8x = 880 is not.
+    assert "c: the fsync-off target (1x DCMTK = 1,100 MB/s) is above what 2 cores allow" in text
+    assert "fsync-on target (0.8x" not in text
+
+
+@pytest.mark.parametrize(("floor", "bound"), [(40.0, True), (13.0, False)])
+def test_store_floor_in_the_row_a_note(floor: float, bound: bool) -> None:
+    samples = [
+        _sample("a", "dcmtk", obj_s=5000, mb_s=80, cpu_s=0.16, sender=0.2),
+        _sample("a", "store-scp-fsync-off", obj_s=3000, mb_s=50, cpu_s=0.6, sender=0.2),
+    ]
+    cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=floor)
+    text = _render(samples, {}, cpu)
+    assert f"(recv, write, rename, send) take {floor:.1f} us here" in text
+    assert ("the machine, not the code, bounds it" in text) == bound
+    assert ("which leaves 20.3 us for waking up and parsing" in text) == (not bound)
+
+
+def test_store_floor_probe_stores_every_object(tmp_path: Path) -> None:
+    us = cpubound.measure_store_floor(tmp_path, objects=50, samples=1)
+    assert 0 < us < 100_000
+    assert len(list(tmp_path.glob("*.dcm"))) == 50 and not list(tmp_path.glob("*.part"))
+
+
+def test_sha256_probe_is_positive() -> None:
+    assert cpubound.measure_sha256(total=4 << 20, runs=1) > 0
