@@ -69,7 +69,7 @@ class HashJob:
         self.ended = False
         self.cancelled = False
         self.failed = False  # the file could not be read back: the digest will be ""
-        self.digest: str | None = None  # "" if the file could not be read back
+        self.digest: str | None = None
         self.deliver: Callable[[str], object] | None = None
 
 
@@ -189,7 +189,8 @@ class FileHasher:
             job.digest = digest
             deliver = job.deliver
         if deliver is not None:
-            deliver(digest)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the process is ending
+                deliver(digest)
 
     def _run(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: niceness is per thread
