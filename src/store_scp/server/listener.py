@@ -295,7 +295,7 @@ class Server:
             await server.wait_closed()
         self.executor.shutdown(wait=True)
         # Receipts still waiting for their digest (the hashing thread is at most
-        # MAX_HASH_BACKLOG behind: about a tenth of a second per 200 MB).
+        # MAX_HASH_BACKLOG behind: a few hundredths of a second of hashing).
         deadline = asyncio.get_running_loop().time() + max(grace, 10.0)
         while self.digests_pending and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.005)
