@@ -138,7 +138,10 @@ def _bound_notes(
                     f"send) take {floor:.1f} us here"
                 )
                 if floor >= budget_us:
-                    note += ": the machine, not the code, bounds it"
+                    note += (
+                        f", more than the {budget_us:.0f} us left: the machine, not the code, "
+                        f"bounds it"
+                    )
                 else:
                     note += (
                         f", which leaves {budget_us - floor:.1f} us for waking up and parsing "

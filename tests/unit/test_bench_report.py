@@ -3,6 +3,7 @@ that says so is there, and it is absent when the target is within reach."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import cpubound
 import diskflush
 import report
+import run
 from run import ROWS
 from servers import ALL_SERVERS
 
@@ -135,6 +137,15 @@ def test_no_cpu_bound_note_within_reach_or_without_the_measurement() -> None:
     assert "the CPU, not the code" not in _render(_row_d(1200, 0.5, 1.0), {}, None, MEDIUM)
 
 
+def test_row_b_cpu_bound_note_only_above_the_bound() -> None:
+    # 1 GB: DCMTK's 1 s + the sender's 1 s + 0.5 s of SHA-256 = 2.5 CPU-s on 2 cores: 800 MB/s.
+    cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=13.0)
+    text = _render(_row_b(900), {}, cpu, MEDIUM)
+    assert "b: the fsync-on target (1x DCMTK = 900 MB/s) is above what 2 cores allow" in text
+    assert "(1.00 s of CPU)" in text and "reaches at most 800 MB/s" in text
+    assert "the CPU, not the code" not in _render(_row_b(800), {}, cpu, MEDIUM)  # at the bound
+
+
 def test_row_c_names_only_the_target_above_the_bound() -> None:
     cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=13.0)
     samples = [
@@ -157,7 +168,7 @@ def test_store_floor_in_the_row_a_note(floor: float, bound: bool) -> None:
     cpu = cpubound.CpuFacts(cores=2, sha256_bytes_per_s=2e9, store_floor_us=floor)
     text = _render(samples, {}, cpu)
     assert f"(recv, write, rename, send) take {floor:.1f} us here" in text
-    assert ("the machine, not the code, bounds it" in text) == bound
+    assert ("more than the 33 us left: the machine, not the code, bounds it" in text) == bound
     assert ("which leaves 20.3 us for waking up and parsing" in text) == (not bound)
 
 
@@ -169,3 +180,44 @@ def test_store_floor_probe_stores_every_object(tmp_path: Path) -> None:
 
 def test_sha256_probe_is_positive() -> None:
     assert cpubound.measure_sha256(total=4 << 20, runs=1) > 0
+
+
+def _saved(tmp_path: Path, cpu: dict[str, Any] | None) -> Path:
+    """A results file as run.py writes it, with or without the CPU facts."""
+    doc: dict[str, Any] = {
+        "command": "test",
+        "quick": False,
+        "repeat": 1,
+        "environment": {},
+        "datasets": {"medium": {"name": "ct512k-2000", "files": 2000, "bytes": 10**9}},
+        "disk_flush_ms": {"samples": [0.5]},
+        "commit_bounds": {},
+        "durability_gate": {"passed": True, "verdict": "passed"},
+        "unavailable": {},
+        "samples": _row_d(1200, 0.5, 1.0),
+        "elapsed_s": 1.0,
+    }
+    if cpu is not None:
+        doc["cpu"] = cpu
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_results_saved_before_the_cpu_probes_render_without_cpu_notes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run.render_saved(_saved(tmp_path, None), show_unverified=False) == 0
+    text = capsys.readouterr().out
+    assert "| d: 2,000 x 0.5 MB" in text
+    assert "- CPU:" not in text and "the CPU, not the code" not in text
+
+
+def test_saved_cpu_probes_render_their_line_and_notes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cpu = {"cores": 2, "sha256_bytes_per_s": 2e9, "store_floor_us": 13.0}
+    assert run.render_saved(_saved(tmp_path, cpu), show_unverified=False) == 0
+    text = capsys.readouterr().out
+    assert "2.00 GB/s on one core; store floor of a 16 KB object" in text
+    assert "reaches at most 1,000 MB/s: the CPU, not the code, bounds it" in text
