@@ -182,10 +182,15 @@ class FileHasher:
             os.close(job.fd)
         job.fd = -1
 
-    def _finish(self, job: HashJob, digest: str) -> None:
+    def _drop(self, job: HashJob) -> None:
+        """The job is over: its descriptor is closed and the thread forgets it."""
         self._release(job)
         with self._cond:
             self._jobs.remove(job)
+
+    def _finish(self, job: HashJob, digest: str) -> None:
+        self._drop(job)
+        with self._cond:
             job.digest = digest
             deliver = job.deliver
         if deliver is not None:
@@ -199,9 +204,7 @@ class FileHasher:
         while (job := self._next()) is not None:
             if job.cancelled:
                 self.done += job.available - job.hashed
-                self._release(job)
-                with self._cond:
-                    self._jobs.remove(job)
+                self._drop(job)
                 continue
             if job.hashed < job.available:
                 n = 0

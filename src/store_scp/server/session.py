@@ -473,7 +473,8 @@ class Session(asyncio.BufferedProtocol):
             op.discard()
             self._answer_store(ctx_id, command, failure, op=op)
             return
-        if not self.server.commit_in_thread() and not self.server.hash_backlog_full():
+        in_thread = self.server.commit_in_thread()
+        if not in_thread and not self.server.hash_backlog_full():
             self._commit_done(ctx_id, command, op, stored, self._commit_sync(stored))
             return
         # Durable commit in a worker thread (and room made in the hashing backlog, if it is
@@ -481,7 +482,9 @@ class Session(asyncio.BufferedProtocol):
         self._busy = True
         if self.transport is not None:
             self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._commit(ctx_id, command, op, stored))
+        task = asyncio.get_running_loop().create_task(
+            self._commit(ctx_id, command, op, stored, in_thread)
+        )
         self.server.track_task(task)
 
     def _commit_sync(self, stored: StoredInstance) -> StoreFailure | None:
@@ -507,10 +510,15 @@ class Session(asyncio.BufferedProtocol):
             metrics.STORE_LATENCY.observe(time.monotonic() - t0)
 
     async def _commit(
-        self, ctx_id: int, command: dimse.Command, op: StoreOperation, stored: StoredInstance
+        self,
+        ctx_id: int,
+        command: dimse.Command,
+        op: StoreOperation,
+        stored: StoredInstance,
+        in_thread: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
-        if self.server.commit_in_thread():
+        if in_thread:
             failure = await loop.run_in_executor(self.server.executor, self._commit_sync, stored)
         else:
             failure = self._commit_sync(stored)
