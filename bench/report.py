@@ -149,6 +149,39 @@ def _bound_notes(
                     )
             notes.append(note)
     notes.extend(_cpu_bound_notes(rk, row, ctx, groups, dcmtk))
+    notes.extend(_floor_notes(rk, row, groups, dcmtk))
+    return notes
+
+
+def _floor_notes(
+    rk: str,
+    row: RowLike,
+    groups: Mapping[tuple[str, str], list[Mapping[str, Any]]],
+    dcmtk: float,
+) -> list[str]:
+    """Targets that even the Python floor (floorscp.py, the least a receiver can do per
+    object, in one thread with blocking calls) misses in the same run."""
+    notes = []
+    unit = "objects/s" if row.metric == "obj_s" else "MB/s"
+    for mode in ("off", "on"):
+        floor = groups.get((rk, f"floor-fsync-{mode}"), [])
+        goal = RATIO_TARGETS.get((rk, f"store-scp-fsync-{mode}"))
+        if not floor or goal is None or not groups.get((rk, f"store-scp-fsync-{mode}")):
+            continue
+        if not all(s["ok"] for s in floor):
+            continue
+        value = _median(s[row.metric] for s in floor)
+        if value >= dcmtk * goal:
+            continue
+        commit = "fsync, rename, fsync of the folder" if mode == "on" else "rename"
+        notes.append(
+            f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) is "
+            f"above what Python does on this machine: the Python floor (bench/floorscp.py), "
+            f"which per object only frames the PDUs, decodes the command, writes the data set "
+            f"to a file, commits it ({commit}) and answers, in one thread with no event loop, "
+            f"no checks, no hashing and no tracking, reached {value:,.0f} {unit} "
+            f"({value / dcmtk:.2f}x DCMTK) in this run"
+        )
     return notes
 
 

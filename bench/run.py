@@ -361,6 +361,17 @@ def run_with_retries(
 # --- availability and the durability gate ------------------------------------------------------
 
 
+def servers_for_row(row_key: str, active: list[ServerSpec]) -> list[ServerSpec]:
+    """The servers a row runs: row f (C-ECHO) needs no second store-scp; the Python floor runs
+    only in its rows."""
+    return [
+        s
+        for s in active
+        if not (row_key == "f" and s.key == "store-scp-fsync-off")
+        and (s.rows is None or row_key in s.rows)
+    ]
+
+
 def probe(spec: ServerSpec, run_dir: Path) -> str | None:
     """None if the server starts and answers a C-ECHO within 10 s, else why not."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -440,8 +451,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="rows to run, e.g. 'a' or 'a,c,f' (default all)")
     ap.add_argument(
         "--servers",
-        default="dcmtk,pynetdicom,store-scp",
-        help="server families to run (default dcmtk,pynetdicom,store-scp)",
+        default="dcmtk,pynetdicom,store-scp,floor",
+        help="server families to run (default dcmtk,pynetdicom,store-scp,floor)",
     )
     ap.add_argument("--out", type=Path, help="JSON results file (default bench/results/...)")
     ap.add_argument(
@@ -562,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         row = ROWS[row_key]
         if row.data:
             _warm(datasets[row.data].root)
-        row_specs = [s for s in active if not (row.key == "f" and s.key == "store-scp-fsync-off")]
+        row_specs = servers_for_row(row.key, active)
         for rep in range(1, args.repeat + 1):
             for spec in row_specs:
                 run_dir = runs_dir / f"{row.key}-{spec.key}-{rep}"

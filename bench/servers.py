@@ -50,6 +50,7 @@ class ServerSpec:
     family: str = ""  # servers sharing a family share the availability probe
     fsync: bool = False
     notes: list[str] = field(default_factory=list)
+    rows: frozenset[str] | None = None  # the rows it runs in; None: all
 
 
 def base_env(nodelay: bool) -> dict[str, str]:
@@ -62,6 +63,10 @@ def base_env(nodelay: bool) -> dict[str, str]:
 
 def count_files(root: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
+
+
+def count_dcm_files(root: Path) -> int:
+    return sum(1 for _, _, files in os.walk(root) for f in files if f.endswith(".dcm"))
 
 
 def count_store_scp_objects(data_dir: Path) -> int:
@@ -119,6 +124,15 @@ def _store_scp_command(fsync: bool) -> Callable[[Launch], tuple[list[str], dict[
     return command
 
 
+def _floor_command(fsync: bool) -> Callable[[Launch], tuple[list[str], dict[str, str]]]:
+    def command(launch: Launch) -> tuple[list[str], dict[str, str]]:
+        cmd = [sys.executable, str(Path(__file__).with_name("floorscp.py"))]
+        cmd += ["--port", str(launch.port), "--bind", HOST, "--out-dir", str(launch.out_dir)]
+        return [*cmd, "--fsync"] if fsync else cmd, dict(os.environ)
+
+    return command
+
+
 DCMTK = ServerSpec(
     key="dcmtk",
     name="DCMTK storescp",
@@ -156,7 +170,30 @@ STORE_SCP_ON = ServerSpec(
     family="store-scp",
     fsync=True,
 )
-ALL_SERVERS = [DCMTK, PYNETDICOM, STORE_SCP_OFF, STORE_SCP_ON]
+# The Python floor (floorscp.py) runs where a target is missed and no other measurement shows
+# the machine bounds it: row a with fsync off, row c with fsync on. Its figures are a yardstick,
+# not a claim of store-scp's, so the durability-order gate does not apply to them.
+FLOOR_OFF = ServerSpec(
+    key="floor-fsync-off",
+    name="Python floor (floorscp.py)",
+    durability="no fsync",
+    called_ae="STORE_SCP",
+    command=_floor_command(fsync=False),
+    count=count_dcm_files,
+    family="floor",
+    rows=frozenset({"a"}),
+)
+FLOOR_ON = ServerSpec(
+    key="floor-fsync-on",
+    name="Python floor (floorscp.py)",
+    durability="fsync on, as store-scp commits",
+    called_ae="STORE_SCP",
+    command=_floor_command(fsync=True),
+    count=count_dcm_files,
+    family="floor",
+    rows=frozenset({"c"}),
+)
+ALL_SERVERS = [DCMTK, PYNETDICOM, STORE_SCP_OFF, STORE_SCP_ON, FLOOR_OFF, FLOOR_ON]
 
 
 def free_port() -> int:

@@ -221,3 +221,56 @@ def test_saved_cpu_probes_render_their_line_and_notes(
     text = capsys.readouterr().out
     assert "2.00 GB/s on one core; store floor of a 16 KB object" in text
     assert "reaches at most 1,000 MB/s: the CPU, not the code, bounds it" in text
+
+
+# --- the Python floor ------------------------------------------------------------------------
+
+
+def test_python_floor_runs_only_in_rows_a_and_c() -> None:
+    keys = {rk: [s.key for s in run.servers_for_row(rk, ALL_SERVERS)] for rk in ROWS}
+    assert "floor-fsync-off" in keys["a"] and "floor-fsync-on" not in keys["a"]
+    assert "floor-fsync-on" in keys["c"] and "floor-fsync-off" not in keys["c"]
+    for rk in "bdef":
+        assert not [k for k in keys[rk] if k.startswith("floor")]
+    assert "store-scp-fsync-off" not in keys["f"] and "store-scp-fsync-on" in keys["f"]
+
+
+def _row_a_with_floor(floor_obj_s: float, ok: bool = True) -> list[dict[str, Any]]:
+    floor = _sample("a", "floor-fsync-off", obj_s=floor_obj_s, mb_s=1, cpu_s=0.1, sender=0.2)
+    floor.update(ok=ok, error="" if ok else "server died")
+    return [
+        _sample("a", "dcmtk", obj_s=4000, mb_s=64, cpu_s=0.16, sender=0.2),
+        _sample("a", "store-scp-fsync-off", obj_s=2500, mb_s=40, cpu_s=0.6, sender=0.2),
+        floor,
+    ]
+
+
+def test_floor_note_when_even_the_python_floor_misses_the_target() -> None:
+    text = _render(_row_a_with_floor(3000), {})
+    assert (
+        "a: the fsync-off target (1.5x DCMTK = 6,000 objects/s) is above what Python does on "
+        "this machine" in text
+    )
+    assert "commits it (rename) and answers" in text
+    assert "reached 3,000 objects/s (0.75x DCMTK) in this run" in text
+    # Its own table row carries the ratio and no target.
+    assert "| a: 16 KB, 1 association | Python floor (floorscp.py) | no fsync | 3,000 |" in text
+    assert "| 0.75x |  |" in text
+
+
+def test_no_floor_note_when_the_floor_reaches_the_target_or_failed() -> None:
+    assert "above what Python does" not in _render(_row_a_with_floor(6500), {})
+    assert "above what Python does" not in _render(_row_a_with_floor(3000, ok=False), {})
+
+
+def test_floor_note_for_row_c_names_the_durable_commit() -> None:
+    samples = [
+        _sample("c", "dcmtk", obj_s=30, mb_s=1500, cpu_s=0.4, sender=0.4),
+        _sample("c", "store-scp-fsync-on", obj_s=17, mb_s=850, cpu_s=1.5, sender=0.4),
+        _sample("c", "floor-fsync-on", obj_s=20, mb_s=1100, cpu_s=0.6, sender=0.4),
+    ]
+    text = _render(samples, {})
+    assert "c: the fsync-on target (0.8x DCMTK = 1,200 MB/s) is above what Python does" in text
+    assert "commits it (fsync, rename, fsync of the folder)" in text
+    samples[2]["mb_s"] = 1250
+    assert "above what Python does" not in _render(samples, {})
