@@ -33,12 +33,20 @@ LENGTH_LIMITS: dict[int, tuple[str, int]] = {
     0x00100040: ("PatientSex", 16),
 }
 
+#: Every top-level element whose value (or length) is read.
+_READ = _WANTED | set(LENGTH_LIMITS)
+
 _ITEM = 0xFFFEE000
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
+}  # fmt: skip
+#: The 2-byte-length VRs of PS3.5 Table 7.1-2, checked before the general letters test.
+_SHORT_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"
 }  # fmt: skip
 #: How many bytes of header we are willing to hold while looking for the UIDs.
 MAX_PENDING = 64 * 1024
@@ -71,8 +79,10 @@ class HeaderScanner:
         self.done = False
         self._explicit = explicit_vr
         self._endian = "<" if little_endian else ">"
-        self._tag = struct.Struct(self._endian + "HH")
-        self._u16 = struct.Struct(self._endian + "H")
+        # One unpack per element header: tag and 4-byte length (implicit VR, items), or tag,
+        # VR and 2-byte length (explicit VR).
+        self._implicit_header = struct.Struct(self._endian + "HHL")
+        self._explicit_header = struct.Struct(self._endian + "HH2sH")
         self._u32 = struct.Struct(self._endian + "L")
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS) if deflated else None
         self._inflated = 0
@@ -139,11 +149,16 @@ class HeaderScanner:
             if len(buf) - pos < 8:
                 break
             explicit = levels[-1] if levels else self._explicit
-            group, elem = self._tag.unpack_from(buf, pos)
+            if explicit:
+                group, elem, vr, length = self._explicit_header.unpack_from(buf, pos)
+            else:
+                group, elem, length = self._implicit_header.unpack_from(buf, pos)
+                vr = b""
             tag = (group << 16) | elem
+            header = 8
             if group == 0xFFFE:  # item and delimiters: always 4-byte length, no VR
-                (length,) = self._u32.unpack_from(buf, pos + 4)
-                header = 8
+                if explicit:
+                    (length,) = self._u32.unpack_from(buf, pos + 4)
                 if tag == _ITEM:
                     if not levels:
                         raise HeaderError("item outside a sequence")
@@ -161,15 +176,13 @@ class HeaderScanner:
                 else:
                     raise HeaderError(f"unexpected tag ({group:04X},{elem:04X})")
             elif explicit:
-                vr = bytes(buf[pos + 4 : pos + 6])
                 if vr in _LONG_VRS:
                     if len(buf) - pos < 12:
                         break
                     (length,) = self._u32.unpack_from(buf, pos + 8)
                     header = 12
-                elif vr.isalpha() and vr.isupper():
-                    (length,) = self._u16.unpack_from(buf, pos + 6)
-                    header = 8
+                elif vr in _SHORT_VRS or (vr.isalpha() and vr.isupper()):
+                    pass  # the 2-byte length is unpacked
                 elif self._offset + pos == 0:
                     # Leniency as in DCMTK and pydicom: a dataset that starts with no VR is
                     # implicit VR, whatever was negotiated.
@@ -177,10 +190,6 @@ class HeaderScanner:
                     continue
                 else:
                     raise HeaderError(f"invalid VR at ({group:04X},{elem:04X})")
-            else:
-                (length,) = self._u32.unpack_from(buf, pos + 4)
-                vr = b""
-                header = 8
             if not levels:
                 if group != 0x0002 and self._meta_open:
                     self._meta_open = False
@@ -195,13 +204,13 @@ class HeaderScanner:
                 levels.append(explicit and vr != b"UN")
                 pos += header
                 continue
-            if not levels and (tag in _WANTED or tag in LENGTH_LIMITS) and length > _MAX_KEPT_VALUE:
+            if tag in _READ and not levels and length > _MAX_KEPT_VALUE:
                 # Too long to be valid: a limited element is recorded by its length, a UID
                 # is left unset (the object then fails validation); either way it is skipped.
                 if tag in LENGTH_LIMITS:
                     keyword, _limit = LENGTH_LIMITS[tag]
                     self.info.over_limits[keyword] = length
-            elif not levels and (tag in _WANTED or tag in LENGTH_LIMITS):
+            elif tag in _READ and not levels:
                 if len(buf) - pos < header + length:
                     break  # wait for the whole (short) value
                 raw = bytes(buf[pos + header : pos + header + length])
