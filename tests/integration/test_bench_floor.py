@@ -5,6 +5,7 @@ with and without fsync, across write-back and read-buffer boundaries."""
 from __future__ import annotations
 
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -12,30 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.dicomfactory import secondary_capture
 from tests.serverproc import DCMTK, free_port
 
 FLOOR = Path(__file__).resolve().parents[2] / "bench" / "floorscp.py"
 
 
-def _make(folder: Path, side: int) -> Path:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.Rows = ds.Columns = side
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelRepresentation = 0
-    ds.PixelData = os.urandom(2 * side * side)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+def _make(folder: Path, rng: random.Random, size: int) -> Path:
+    ds = secondary_capture(rng, size)
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -52,9 +38,10 @@ def _dataset_bytes(path: Path) -> bytes:
 def test_floor_stores_every_data_set_byte_for_byte(tmp_path: Path, fsync: bool) -> None:
     source = tmp_path / "in"
     source.mkdir()
-    # 16 x 16 to 1,400 x 1,400 pixels: 0.5 KB to 3.9 MB, past the first early write-back
-    # (256 KB) and the 256 KB read buffer, in PDUs of up to 1 MB.
-    files = [_make(source, side) for side in (16, 100, 400, 1400, 30)]
+    # 0.5 KB to 3.9 MB: past the first early write-back (256 KB) and the 256 KB read buffer,
+    # in PDUs of up to 1 MB.
+    rng = random.Random(7)
+    files = [_make(source, rng, size) for size in (512, 20_000, 320_000, 3_900_000, 1_800)]
     out = tmp_path / "out"
     port = free_port()
     cmd = [sys.executable, str(FLOOR), "--port", str(port), "--out-dir", str(out)]
