@@ -28,6 +28,7 @@ from tests.dicomfactory import secondary_capture
 from tests.integration.strace_order import (
     STRACE_SYSCALLS,
     Call,
+    _effect_line,
     _Model,
     _Open,
     decode_string,
@@ -112,7 +113,9 @@ def replay(trace: Path, datastore_root: Path, problems: list[str]) -> _DataModel
     with open(trace, encoding="utf-8", errors="surrogateescape") as f:
         calls = parse_calls(f, problems)
     model = _DataModel(str(datastore_root / "datastore.sqlite3"), problems)
-    for call in calls:
+    # In the order their effects became visible: a close frees its descriptor on entry, and
+    # another thread may open a folder under that number before the close is logged as done.
+    for call in sorted(calls, key=_effect_line):
         model.apply(call)
     return model
 
