@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from store_scp.server.store import WRITEBACK_FIRST, next_writeback, start_writeback
+from store_scp.server.store import WRITEBACK_FIRST, writeback_due
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 #: Writes of 256 KB (store-scp's read buffer), early write-back on store-scp's schedule.
@@ -94,9 +94,7 @@ def _commit_objects(folder: Path, payload: memoryview, objects: int) -> None:
                 written, writeback_at = 0, WRITEBACK_FIRST
                 while written < len(payload):
                     written += os.write(fd, payload[written : written + _CHUNK])
-                    if start_writeback is not None and written >= writeback_at:
-                        start_writeback(fd)
-                        writeback_at = next_writeback(written)
+                    writeback_at = writeback_due(fd, written, writeback_at)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -27,7 +27,7 @@ from pathlib import Path
 from store_scp.dicom import dimse
 from store_scp.dicom import pdu as P
 from store_scp.dicom.uids import IMPLEMENTATION_CLASS_UID
-from store_scp.server.store import WRITEBACK_FIRST, next_writeback, start_writeback
+from store_scp.server.store import WRITEBACK_FIRST, writeback_due
 
 _PDU_HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
@@ -85,9 +85,7 @@ class _Reader:
             self.pos += take
             n -= take
             written += take
-            if 0 <= writeback_at <= written and start_writeback is not None:
-                start_writeback(fd)
-                writeback_at = next_writeback(written)
+            writeback_at = writeback_due(fd, written, writeback_at)
         return written, writeback_at
 
 

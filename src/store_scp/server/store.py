@@ -139,6 +139,15 @@ def next_writeback(written: int) -> int:
     return written + min(written, WRITEBACK_EVERY)
 
 
+def writeback_due(fd: int, written: int, at: int) -> int:
+    """Start the early writeback of `fd` if its `written` bytes reached `at` (-1: never);
+    returns where the next one falls."""
+    if 0 < at <= written and start_writeback is not None:
+        start_writeback(fd)
+        return next_writeback(written)
+    return at
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -279,9 +288,7 @@ class StoreOperation:
             return
         self._written += len(data)
         self._hash.update(data, self._fd, self._meta_len + self._written)
-        if 0 < self._writeback_at <= self._written and start_writeback is not None:
-            start_writeback(self._fd)
-            self._writeback_at = next_writeback(self._written)
+        self._writeback_at = writeback_due(self._fd, self._written, self._writeback_at)
 
     def finish(self, batch_for: BatchLookup) -> StoredInstance:
         """The last fragment has arrived: validate and name the object."""
