@@ -160,27 +160,54 @@ def _floor_notes(
     dcmtk: float,
 ) -> list[str]:
     """Targets that even the Python floor (floorscp.py, the least a receiver can do per
-    object, in one thread with blocking calls) misses in the same run."""
+    object, in one thread with blocking calls) misses in the same run; failing that, targets
+    that the floor misses once it computes the SHA-256 store-scp must compute (the better of
+    its two ways of hashing)."""
     notes = []
     unit = "objects/s" if row.metric == "obj_s" else "MB/s"
+
+    def median_of(key: str) -> float | None:
+        runs = groups.get((rk, key), [])
+        if not runs or not all(s["ok"] for s in runs):
+            return None
+        return _median(s[row.metric] for s in runs)
+
     for mode in ("off", "on"):
-        floor = groups.get((rk, f"floor-fsync-{mode}"), [])
         goal = RATIO_TARGETS.get((rk, f"store-scp-fsync-{mode}"))
-        if not floor or goal is None or not groups.get((rk, f"store-scp-fsync-{mode}")):
-            continue
-        if not all(s["ok"] for s in floor):
-            continue
-        value = _median(s[row.metric] for s in floor)
-        if value >= dcmtk * goal:
+        if goal is None or not groups.get((rk, f"store-scp-fsync-{mode}")):
             continue
         commit = "fsync, rename, fsync of the folder" if mode == "on" else "rename"
+        plain = median_of(f"floor-fsync-{mode}")
+        if plain is not None and plain < dcmtk * goal:
+            notes.append(
+                f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) "
+                f"is above what Python does on this machine: the Python floor "
+                f"(bench/floorscp.py), which per object only frames the PDUs, decodes the "
+                f"command, writes the data set to a file, commits it ({commit}) and answers, "
+                f"in one thread with no event loop, no checks, no hashing and no tracking, "
+                f"reached {plain:,.0f} {unit} ({plain / dcmtk:.2f}x DCMTK) in this run"
+            )
+            continue
+        hashed = {
+            how: value
+            for how in ("inline", "process")
+            if (value := median_of(f"floor-sha256-{how}-fsync-{mode}")) is not None
+        }
+        if not hashed:
+            continue
+        how, best = max(hashed.items(), key=lambda item: item[1])
+        if best >= dcmtk * goal:
+            continue
+        where = "on its receiving thread" if how == "inline" else "in a second process"
         notes.append(
             f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) is "
-            f"above what Python does on this machine: the Python floor (bench/floorscp.py), "
-            f"which per object only frames the PDUs, decodes the command, writes the data set "
-            f"to a file, commits it ({commit}) and answers, in one thread with no event loop, "
-            f"no checks, no hashing and no tracking, reached {value:,.0f} {unit} "
-            f"({value / dcmtk:.2f}x DCMTK) in this run"
+            f"above what Python does on this machine while computing the SHA-256 of every "
+            f"data set, as store-scp must: the Python floor (bench/floorscp.py; frames, "
+            f"decodes the command, writes, commits ({commit}), answers; no checks, no "
+            f"tracking) reached "
+            + (f"{plain:,.0f} {unit} ({plain / dcmtk:.2f}x) without hashing but " if plain else "")
+            + f"at best {best:,.0f} {unit} ({best / dcmtk:.2f}x DCMTK) with it, hashing {where}"
+            f" (the better of its two ways) in this run"
         )
     return notes
 

@@ -124,11 +124,17 @@ def _store_scp_command(fsync: bool) -> Callable[[Launch], tuple[list[str], dict[
     return command
 
 
-def _floor_command(fsync: bool) -> Callable[[Launch], tuple[list[str], dict[str, str]]]:
+def _floor_command(
+    fsync: bool, sha256: str | None = None
+) -> Callable[[Launch], tuple[list[str], dict[str, str]]]:
     def command(launch: Launch) -> tuple[list[str], dict[str, str]]:
         cmd = [sys.executable, str(Path(__file__).with_name("floorscp.py"))]
         cmd += ["--port", str(launch.port), "--bind", HOST, "--out-dir", str(launch.out_dir)]
-        return [*cmd, "--fsync"] if fsync else cmd, dict(os.environ)
+        if fsync:
+            cmd.append("--fsync")
+        if sha256:
+            cmd += ["--sha256", sha256]
+        return cmd, dict(os.environ)
 
     return command
 
@@ -193,7 +199,23 @@ FLOOR_ON = ServerSpec(
     family="floor",
     rows=frozenset({"c"}),
 )
-ALL_SERVERS = [DCMTK, PYNETDICOM, STORE_SCP_OFF, STORE_SCP_ON, FLOOR_OFF, FLOOR_ON]
+# The floor that also computes the SHA-256 store-scp must compute, in the rows where the bytes
+# are many: both ways of hashing run, and the better one is the yardstick.
+FLOOR_SHA = [
+    ServerSpec(
+        key=f"floor-sha256-{how}-fsync-{'on' if fsync else 'off'}",
+        name=f"Python floor + SHA-256 {'inline' if how == 'inline' else 'in a process'}",
+        durability="fsync on, as store-scp commits" if fsync else "no fsync",
+        called_ae="STORE_SCP",
+        command=_floor_command(fsync=fsync, sha256=how),
+        count=count_dcm_files,
+        family="floor",
+        rows=frozenset({"c" if fsync else "b"}),
+    )
+    for fsync in (False, True)
+    for how in ("inline", "process")
+]
+ALL_SERVERS = [DCMTK, PYNETDICOM, STORE_SCP_OFF, STORE_SCP_ON, FLOOR_OFF, FLOOR_ON, *FLOOR_SHA]
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """The bench's Python floor (bench/floorscp.py) is only a yardstick if it really stores what it
 is sent: every object DCMTK's storescu sends lands as a file holding the data set bytes exactly,
-with and without fsync, across write-back and read-buffer boundaries."""
+with and without fsync, across write-back and read-buffer boundaries, and with either way of
+hashing (a hashing process that fails ends the floor, and the send fails)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,14 @@ def _dataset_bytes(path: Path) -> bytes:
     return raw[132 + 12 + group_length :]
 
 
-@pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
-def test_floor_stores_every_data_set_byte_for_byte(tmp_path: Path, fsync: bool) -> None:
+@pytest.mark.parametrize(
+    ("fsync", "sha256"),
+    [(False, None), (True, None), (False, "inline"), (True, "process")],
+    ids=["fsync-off", "fsync-on", "sha256-inline", "fsync-on-sha256-process"],
+)
+def test_floor_stores_every_data_set_byte_for_byte(
+    tmp_path: Path, fsync: bool, sha256: str | None
+) -> None:
     source = tmp_path / "in"
     source.mkdir()
     # 0.5 KB to 3.9 MB: past the first early write-back (256 KB) and the 256 KB read buffer,
@@ -45,7 +52,11 @@ def test_floor_stores_every_data_set_byte_for_byte(tmp_path: Path, fsync: bool) 
     out = tmp_path / "out"
     port = free_port()
     cmd = [sys.executable, str(FLOOR), "--port", str(port), "--out-dir", str(out)]
-    server = subprocess.Popen([*cmd, "--fsync"] if fsync else cmd)
+    if fsync:
+        cmd.append("--fsync")
+    if sha256:
+        cmd += ["--sha256", sha256]
+    server = subprocess.Popen(cmd)
     env = {**os.environ, "TCP_NODELAY": "1"}
     try:
         for _ in range(100):

@@ -234,6 +234,11 @@ def test_python_floor_runs_only_in_rows_a_b_and_c() -> None:
     for rk in "def":
         assert not [k for k in keys[rk] if k.startswith("floor")]
     assert "store-scp-fsync-off" not in keys["f"] and "store-scp-fsync-on" in keys["f"]
+    # The floor with SHA-256, both ways: where the bytes are many, in the mode of the miss.
+    sha = {rk: sorted(k for k in keys[rk] if k.startswith("floor-sha256")) for rk in ROWS}
+    assert sha["b"] == ["floor-sha256-inline-fsync-off", "floor-sha256-process-fsync-off"]
+    assert sha["c"] == ["floor-sha256-inline-fsync-on", "floor-sha256-process-fsync-on"]
+    assert not any(sha[rk] for rk in "adef")
 
 
 def _row_a_with_floor(floor_obj_s: float, ok: bool = True) -> list[dict[str, Any]]:
@@ -275,3 +280,42 @@ def test_floor_note_for_row_c_names_the_durable_commit() -> None:
     assert "commits it (fsync, rename, fsync of the folder)" in text
     samples[2]["mb_s"] = 1250
     assert "above what Python does" not in _render(samples, {})
+
+
+def _row_b_with_hashing_floors(plain: float, inline: float, process: float) -> list[dict]:
+    return [
+        _sample("b", "dcmtk", obj_s=1500, mb_s=800, cpu_s=0.7, sender=0.6),
+        _sample("b", "store-scp-fsync-off", obj_s=1000, mb_s=520, cpu_s=2.3, sender=0.6),
+        _sample("b", "floor-fsync-off", obj_s=1600, mb_s=plain, cpu_s=0.8, sender=0.6),
+        _sample("b", "floor-sha256-inline-fsync-off", obj_s=1, mb_s=inline, cpu_s=1.5, sender=0.6),
+        _sample(
+            "b", "floor-sha256-process-fsync-off", obj_s=1, mb_s=process, cpu_s=1.6, sender=0.6
+        ),
+    ]
+
+
+def test_floor_with_sha256_note_uses_the_better_way_of_hashing() -> None:
+    text = _render(_row_b_with_hashing_floors(850, 560, 590), {})
+    assert (
+        "b: the fsync-off target (1x DCMTK = 800 MB/s) is above what Python does on this "
+        "machine while computing the SHA-256 of every data set" in text
+    )
+    assert "reached 850 MB/s (1.06x) without hashing but at best 590 MB/s (0.74x DCMTK)" in text
+    assert "hashing in a second process (the better of its two ways)" in text
+    assert "| Python floor + SHA-256 inline | no fsync |" in text
+    assert "| Python floor + SHA-256 in a process | no fsync |" in text
+    text = _render(_row_b_with_hashing_floors(850, 610, 590), {})
+    assert "at best 610 MB/s (0.76x DCMTK) with it, hashing on its receiving thread" in text
+
+
+def test_no_sha256_floor_note_when_one_way_reaches_the_target_or_the_plain_floor_misses() -> None:
+    assert "while computing the SHA-256" not in _render(
+        _row_b_with_hashing_floors(850, 560, 810), {}
+    )
+    text = _render(_row_b_with_hashing_floors(700, 560, 590), {})
+    assert "no hashing and no tracking, reached 700 MB/s (0.88x DCMTK)" in text
+    assert "while computing the SHA-256" not in text
+    failed = _row_b_with_hashing_floors(850, 560, 590)
+    failed[3].update(ok=False, error="server died")
+    failed[4].update(ok=False, error="server died")
+    assert "while computing the SHA-256" not in _render(failed, {})
