@@ -17,7 +17,7 @@ hashing fall behind, MAX_HASH_BACKLOG, before an answer waits for it).
 It accepts every presentation context with the first transfer syntax proposed and answers
 every C-STORE with success: a measuring instrument for the bench, never a server to deploy.
 
-    python3 bench/floorscp.py --port 11112 --out-dir /tmp/out [--fsync] [--sha256 MODE]
+    python3 bench/floorscp.py --port 11112 --out-dir OUT [--fsync] [--sha256 inline|process]
 """
 
 from __future__ import annotations
