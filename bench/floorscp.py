@@ -37,6 +37,7 @@ from typing import NoReturn
 from store_scp.dicom import dimse
 from store_scp.dicom import pdu as P
 from store_scp.dicom.uids import IMPLEMENTATION_CLASS_UID
+from store_scp.server.hashing import CHUNK as _HASH_CHUNK
 from store_scp.server.listener import MAX_HASH_BACKLOG
 from store_scp.server.store import WRITEBACK_FIRST, writeback_due
 
@@ -46,7 +47,6 @@ _BUFFER = 256 * 1024
 _MAX_PDU = 1 << 20  # what store-scp announces by default
 _IMPLEMENTATION = IMPLEMENTATION_CLASS_UID + ".9"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-_HASH_CHUNK = 1 << 20
 
 
 class _Reader:

@@ -177,11 +177,14 @@ def _floor_notes(
         if goal is None or not groups.get((rk, f"store-scp-fsync-{mode}")):
             continue
         commit = "fsync, rename, fsync of the folder" if mode == "on" else "rename"
+        above = (
+            f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) is "
+            f"above what Python does on this machine"
+        )
         plain = median_of(f"floor-fsync-{mode}")
         if plain is not None and plain < dcmtk * goal:
             notes.append(
-                f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) "
-                f"is above what Python does on this machine: the Python floor "
+                f"{above}: the Python floor "
                 f"(bench/floorscp.py), which per object only frames the PDUs, decodes the "
                 f"command, writes the data set to a file, commits it ({commit}) and answers, "
                 f"in one thread with no event loop, no checks, no hashing and no tracking, "
@@ -200,8 +203,7 @@ def _floor_notes(
             continue
         where = "on its receiving thread" if how == "inline" else "in a second process"
         notes.append(
-            f"{rk}: the fsync-{mode} target ({goal:g}x DCMTK = {dcmtk * goal:,.0f} {unit}) is "
-            f"above what Python does on this machine while computing the SHA-256 of every "
+            f"{above} while computing the SHA-256 of every "
             f"data set, as store-scp must: the Python floor (bench/floorscp.py; frames, "
             f"decodes the command, writes, commits ({commit}), answers; no checks, no "
             f"tracking) reached "

@@ -176,42 +176,35 @@ STORE_SCP_ON = ServerSpec(
     family="store-scp",
     fsync=True,
 )
+
+
+def _floor(fsync: bool, rows: str, sha256: str | None = None) -> ServerSpec:
+    mode = "on" if fsync else "off"
+    return ServerSpec(
+        key=f"floor-sha256-{sha256}-fsync-{mode}" if sha256 else f"floor-fsync-{mode}",
+        name=(
+            f"Python floor + SHA-256 {'inline' if sha256 == 'inline' else 'in a process'}"
+            if sha256
+            else "Python floor (floorscp.py)"
+        ),
+        durability="fsync on, as store-scp commits" if fsync else "no fsync",
+        called_ae="STORE_SCP",
+        command=_floor_command(fsync=fsync, sha256=sha256),
+        count=count_dcm_files,
+        family="floor",
+        rows=frozenset(rows),
+    )
+
+
 # The Python floor (floorscp.py) runs where a target is missed and no other measurement shows
 # the machine bounds it: rows a and b with fsync off, row c with fsync on. Its figures are a
 # yardstick, not a claim of store-scp's, so the durability-order gate does not apply to them.
-FLOOR_OFF = ServerSpec(
-    key="floor-fsync-off",
-    name="Python floor (floorscp.py)",
-    durability="no fsync",
-    called_ae="STORE_SCP",
-    command=_floor_command(fsync=False),
-    count=count_dcm_files,
-    family="floor",
-    rows=frozenset({"a", "b"}),
-)
-FLOOR_ON = ServerSpec(
-    key="floor-fsync-on",
-    name="Python floor (floorscp.py)",
-    durability="fsync on, as store-scp commits",
-    called_ae="STORE_SCP",
-    command=_floor_command(fsync=True),
-    count=count_dcm_files,
-    family="floor",
-    rows=frozenset({"c"}),
-)
+FLOOR_OFF = _floor(fsync=False, rows="ab")
+FLOOR_ON = _floor(fsync=True, rows="c")
 # The floor that also computes the SHA-256 store-scp must compute, in the rows where the bytes
 # are many: both ways of hashing run, and the better one is the yardstick.
 FLOOR_SHA = [
-    ServerSpec(
-        key=f"floor-sha256-{how}-fsync-{'on' if fsync else 'off'}",
-        name=f"Python floor + SHA-256 {'inline' if how == 'inline' else 'in a process'}",
-        durability="fsync on, as store-scp commits" if fsync else "no fsync",
-        called_ae="STORE_SCP",
-        command=_floor_command(fsync=fsync, sha256=how),
-        count=count_dcm_files,
-        family="floor",
-        rows=frozenset({"c" if fsync else "b"}),
-    )
+    _floor(fsync=fsync, rows="c" if fsync else "b", sha256=how)
     for fsync in (False, True)
     for how in ("inline", "process")
 ]
