@@ -525,8 +525,6 @@ def test_two_workers_never_retry_the_same_receipt(backend: Backend) -> None:
         first.key: Admission.BLOCKED
     }
     assert [s.key for s in workers[1].receipts_in_job("retry-b")] == []
-    if backend.name == "dynamodb":
-        return  # moto's TransactWriteItems is not atomic under concurrent requests (see below)
     for n, r in enumerate(receipts[1:]):
         results = race(
             [
@@ -1037,12 +1035,6 @@ def test_sqlite_upgrade_from_schema_1_keeps_receipts_and_finds_their_batches(
 
 
 def test_an_admission_race_admits_one_receipt_of_an_instance(backend: Backend) -> None:
-    if backend.name == "dynamodb":
-        # DynamoDB runs TransactWriteItems serializably; moto does not: under concurrent
-        # requests it checks conditions and writes without a lock (both transactions pass) and
-        # restores whole tables from a copy when one is cancelled (losing the other's writes).
-        # Single-item conditional writes (seal, job start) are atomic in moto and raced above.
-        pytest.skip("moto's TransactWriteItems is not atomic under concurrent requests")
     workers = [backend.new(), backend.new()]
     for n in range(6):
         first = receipt(f"ra{n}", f"9.{n}", at=T0)

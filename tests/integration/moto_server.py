@@ -4,10 +4,11 @@ Use from a test module::
 
     from tests.integration.moto_server import aws_env, moto_endpoint  # noqa: F401
 
-`moto_endpoint` (session scope) starts `python3 -m moto.server` on a free loopback port, waits
-until it answers, yields its URL and stops it at the end. `aws_env` (function scope) sets fake
-credentials and a region in the environment for the duration of one test, so boto3 never reads
-a real profile.
+`moto_endpoint` (session scope) starts moto's server on a free loopback port, through
+`moto_serial.py`, which runs one request at a time (as atomic as DynamoDB's writes). It waits
+until the server answers, yields its URL and stops it at the end. `aws_env` (function scope)
+sets fake credentials and a region in the environment for the duration of one test, so boto3
+never reads a real profile.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 START_TIMEOUT_S = 30.0
+_SERIAL = Path(__file__).with_name("moto_serial.py")
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -73,7 +75,7 @@ def start_moto_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         env.update(FAKE_AWS_ENV)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, str(_SERIAL), "127.0.0.1", str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
