@@ -605,6 +605,24 @@ def test_uid_mismatch_refused_0xa900(server: ServerProcess, which: str) -> None:
     assert_no_errors(server)
 
 
+def test_no_staging_file_once_release_answered(server: ServerProcess) -> None:
+    """The server keeps a staging file open for the next object; by the time the peer has
+    its A-RELEASE-RP that file is gone, even while the peer keeps the connection open."""
+    client = associated(server)
+    try:
+        uid = new_uid()
+        assert status_of(client.c_store(make_dataset(uid), sop_instance_uid=uid)) == dimse.SUCCESS
+        deadline = time.monotonic() + 3
+        while not server.staging_files():  # the spare is opened just after the response
+            assert time.monotonic() < deadline, "no spare staging file between objects"
+            time.sleep(0.01)
+        client.send_pdu(P.ReleaseRQ())
+        assert isinstance(client.read_pdu(), P.ReleaseRP)
+        assert server.staging_files() == []
+    finally:
+        client.close()
+
+
 def test_object_over_max_size_refused_0xa700(servers: StartServer) -> None:
     server = servers({"STORE_SCP_MAX_OBJECT_SIZE": "65536"})
     before = server.stored_files()

@@ -171,9 +171,6 @@ class Session(asyncio.BufferedProtocol):
                         self._on_aborted(event)
         self._drop_op()
         self.server.sessions.discard(self)
-        if self._spare is not None:
-            drop_staging(*self._spare)
-            self._spare = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -627,6 +624,11 @@ class Session(asyncio.BufferedProtocol):
             log.warning("store refused", extra=fields)
 
     def _drop_op(self) -> None:
+        """The association is ending: drop the store in progress and the spare staging file,
+        before a release response or close tells the peer that we are done."""
+        if self._spare is not None:
+            drop_staging(*self._spare)
+            self._spare = None
         if self._op is not None:
             self._op.discard()
             self._op = None
