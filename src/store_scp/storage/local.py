@@ -32,6 +32,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,9 +162,12 @@ class LocalObjectStore:
             try:
                 os.mkdir(d)
             except FileExistsError:
-                if not os.path.isdir(d):
-                    if not os.path.lexists(d):  # pruned right then: the caller tries again
-                        raise FileNotFoundError(errno.ENOENT, "folder removed meanwhile") from None
+                # One lstat: between two checks another thread may prune and create it again.
+                try:
+                    mode = os.lstat(d).st_mode
+                except FileNotFoundError:  # pruned right then: the caller tries again
+                    raise FileNotFoundError(errno.ENOENT, "folder removed meanwhile") from None
+                if not stat.S_ISDIR(mode):
                     raise
             # Also for a folder that already existed but is not yet known: its entry may not be
             # durable yet (another thread may have just created it, or a crash interrupted).
