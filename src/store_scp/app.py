@@ -263,7 +263,6 @@ async def serve(
     log.info("ready", extra={"ports": server.ports, "pid": os.getpid()})
 
     await stop.wait()
-    log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
     await server.shutdown(settings.shutdown_grace)
     if worker is not None:
         await loop.run_in_executor(None, worker.stop)

@@ -281,6 +281,8 @@ class Server:
         """Stop accepting, let associations finish for `grace` seconds, then abort them."""
         for server in self._servers:
             server.close()
+        # Logged once the listening sockets are closed: a connection after this is refused.
+        log.info("shutting down", extra={"grace_s": grace})
         for task in list(self._tasks):
             if task.get_coro().__name__ == "keep_batches":  # type: ignore[union-attr]
                 task.cancel()
