@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -791,11 +790,12 @@ def test_the_owner_opens_renews_and_seals(backend: Backend) -> None:
 
 def test_anyone_seals_once_the_owner_lease_expired(backend: Backend) -> None:
     owner, worker = backend.new(), backend.new()
-    assert owner.open_batch("b1", "b1/", "task-1", 0.3)
-    assert not worker.seal_batch("b1", "worker-2")
-    time.sleep(0.4)  # the owner crashed: nobody renews
-    assert worker.seal_batch("b1", "worker-2")
-    assert owner.renew_lease("task-1") == []  # the owner learns it lost the batch
+    # Explicit clocks: a real 0.3 s lease could run out during the requests themselves.
+    assert owner.open_batch("b1", "b1/", "task-1", 30, now=T0)
+    assert not worker.seal_batch("b1", "worker-2", now=T0 + 10)
+    # The owner crashed: nobody renews.
+    assert worker.seal_batch("b1", "worker-2", now=T0 + 31)
+    assert owner.renew_lease("task-1", now=T0 + 32) == []  # the owner learns it lost the batch
     batch = worker.batch("b1")
     assert batch is not None and batch.sealed_by == "worker-2"
 

@@ -426,13 +426,20 @@ def test_parallel_storescu(server: ServerProcess, tmp_path: Path) -> None:
         if r.get("msg") == "association accepted"
     }
     assert {ae for ae, _ in jobs} <= accepted
-    # They really ran side by side (the server does not serialize associations).
-    events = sorted(
-        (r["ts"], 0 if r["msg"] == "association ended" else 1)
-        for r in log_records(server.log())
-        if str(r.get("calling_ae", "")).startswith("PARALLEL")
-        and r.get("msg") in ("association accepted", "association ended")
-    )
+    # They really ran side by side (the server does not serialize associations). The end
+    # lines are logged when the server sees the close, which may be after storescu exited.
+    deadline = time.monotonic() + 10
+    while True:
+        events = sorted(
+            (r["ts"], 0 if r["msg"] == "association ended" else 1)
+            for r in log_records(server.log())
+            if str(r.get("calling_ae", "")).startswith("PARALLEL")
+            and r.get("msg") in ("association accepted", "association ended")
+        )
+        if len(events) == 2 * senders or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(events) == 2 * senders, events
     active = peak = 0
     for _, change in events:
         active += 1 if change else -1

@@ -40,7 +40,7 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 StartServer = Callable[..., ServerProcess]
-HANDSHAKE_TIMEOUT = 2.0  # STORE_SCP_TLS_HANDSHAKE_TIMEOUT of every TLS server here
+HANDSHAKE_TIMEOUT = 3.0  # STORE_SCP_TLS_HANDSHAKE_TIMEOUT of every TLS server here
 
 
 # --------------------------------------------------------------------------------------------
