@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from pynetdicom import AE
 from pynetdicom.dsutils import encode
 
 from tests.dicomfactory import secondary_capture
-from tests.serverproc import ServerProcess, start_server
+from tests.serverproc import ServerProcess, start_server, wait_for
 
 SENDERS = 4
 MIN_SIZE = 16 * 1024
@@ -253,13 +253,6 @@ def reconcile_summaries(server: ServerProcess) -> list[dict[str, object]]:
     return out
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def check_tracker(server: ServerProcess, ledger: Ledger, objects: Objects, why: str) -> None:
     rows = tracker_rows(server)
     committed = set(objects.stat)
@@ -313,6 +306,7 @@ def kill_while_sending(
         wait_for(
             lambda: len(ledger.acked_by_sender) == SENDERS or ledger.errors,
             "every association's first success",
+            TIMEOUT,
         )
         assert not ledger.errors, ledger.errors
         delay = rng.uniform(0.0, MAX_KILL_DELAY)
@@ -356,7 +350,9 @@ def crash_round(
     why = f"round {n}, after the restart"
     remaining = [p.name for p in leftovers if p.exists()]
     assert not remaining, f"{why}: staging leftovers not removed: {remaining}"
-    wait_for(lambda: len(reconcile_summaries(server)) > summaries, "the reconciler's summary")
+    wait_for(
+        lambda: len(reconcile_summaries(server)) > summaries, "the reconciler's summary", TIMEOUT
+    )
     summary = reconcile_summaries(server)[-1]
     assert summary.get("read_errors") == 0 and summary.get("incomplete_headers") == 0, summary
     assert summary.get("registered") == rowless, (
@@ -370,6 +366,7 @@ def crash_round(
     wait_for(
         lambda: set(objects.stat) <= tracker_rows(server).keys(),
         "tracker rows of the new objects",
+        TIMEOUT,
     )
     check_tracker(server, ledger, objects, f"{why}, new objects")
     return Round(

@@ -24,7 +24,7 @@ from pydicom.data import get_testdata_file
 
 from store_scp.dicom import dimse
 from store_scp.dicom import pdu as P
-from tests.serverproc import DCMTK, ServerProcess, start_server
+from tests.serverproc import DCMTK, ServerProcess, start_server, wait_for
 
 from .rawclient import (
     CT_IMAGE_STORAGE,
@@ -151,15 +151,6 @@ def wait_staging_empty(server: ServerProcess, timeout: float = 3.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"staging files left behind: {server.staging_files()}")
         time.sleep(0.05)
-
-
-def wait_staging_present(server: ServerProcess, why: str, timeout: float = 5.0) -> None:
-    """Until a staging file exists: the server opens it once its loop has run (a loaded
-    machine may not run it for a while)."""
-    deadline = time.monotonic() + timeout
-    while not server.staging_files():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.01)
 
 
 def assert_no_partial(server: ServerProcess, before: list[Path]) -> None:
@@ -374,7 +365,7 @@ def test_dataset_without_last_fragment_then_abort(server: ServerProcess) -> None
     client = associated(server)
     peer = client.local_address  # the shared server may still be logging the last test's end
     _partial_store(client)
-    wait_staging_present(server, "the data set should be streaming into a staging file")
+    wait_for(server.staging_files, "the data set streaming into a staging file", 5)
     client.abort()
     assert client.wait_closed(5) == []
     client.close()
@@ -629,7 +620,7 @@ def test_no_staging_file_once_release_answered(server: ServerProcess) -> None:
         uid = new_uid()
         assert status_of(client.c_store(make_dataset(uid), sop_instance_uid=uid)) == dimse.SUCCESS
         # The spare is opened just after the response.
-        wait_staging_present(server, "no spare staging file between objects")
+        wait_for(server.staging_files, "a spare staging file between objects", 5)
         client.send_pdu(P.ReleaseRQ())
         assert isinstance(client.read_pdu(), P.ReleaseRP)
         assert server.staging_files() == []

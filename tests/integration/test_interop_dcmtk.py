@@ -40,7 +40,7 @@ from tests.integration.interop_data import (
     shared_corpus,
     split_part10,
 )
-from tests.serverproc import ServerProcess, free_port, start_server
+from tests.serverproc import ServerProcess, free_port, start_server, wait_for
 
 TOOLS = ("echoscu", "storescu", "dcmsend", "storescp")
 pytestmark = pytest.mark.skipif(
@@ -426,22 +426,20 @@ def test_parallel_storescu(server: ServerProcess, tmp_path: Path) -> None:
         if r.get("msg") == "association accepted"
     }
     assert {ae for ae, _ in jobs} <= accepted
-    # They really ran side by side (the server does not serialize associations). The end
-    # lines are logged when the server sees the close, which may be after storescu exited.
-    deadline = time.monotonic() + 10
-    while True:
-        events = sorted(
+
+    # They really ran side by side (the server does not serialize associations).
+    def events() -> list[tuple[float, int]]:
+        return sorted(
             (r["ts"], 0 if r["msg"] == "association ended" else 1)
             for r in log_records(server.log())
             if str(r.get("calling_ae", "")).startswith("PARALLEL")
             and r.get("msg") in ("association accepted", "association ended")
         )
-        if len(events) == 2 * senders or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert len(events) == 2 * senders, events
+
+    # The end lines are logged when the server sees the close, maybe after storescu exited.
+    wait_for(lambda: len(events()) == 2 * senders, "every association's start and end lines")
     active = peak = 0
-    for _, change in events:
+    for _, change in events():
         active += 1 if change else -1
         peak = max(peak, active)
     assert peak >= 2, "the associations never overlapped"

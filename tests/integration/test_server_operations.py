@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.integration.moto_server import aws_env, moto_endpoint  # noqa: F401
-from tests.serverproc import DCMTK, ServerProcess, free_port, start_server
+from tests.serverproc import DCMTK, ServerProcess, free_port, start_server, wait_for
 
 PATIENT_NAME = "Zyxwvut^Qponmlk"
 PATIENT_ID = "PID-98765-XYZ"
@@ -66,14 +65,6 @@ def storescu(port: int, *paths: Path, calling: str = "STORESCU") -> None:
 def log_records(server: ServerProcess) -> list[dict[str, object]]:
     """Complete JSON lines only: the server may be writing the last one right now."""
     return [json.loads(line) for line in server.log().split("\n")[:-1] if line.startswith("{")]
-
-
-def wait_for(predicate, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
